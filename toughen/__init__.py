@@ -1,0 +1,19 @@
+"""toughen: make PyTorch classifiers robust to adversarial inputs, and say honestly how robust.
+
+    import toughen
+    x_adv = toughen.attacks.pgd(model, x, y, eps=8 / 255)
+    model = toughen.load("runs/demo")
+"""
+
+__version__ = "0.1.0"
+
+from toughen import attacks, data, models, threat  # noqa: E402
+from toughen.attacks import fgsm, list_attacks, pgd  # noqa: E402
+from toughen.data import list_datasets, load_data  # noqa: E402
+from toughen.models import build_model, list_models  # noqa: E402
+from toughen.runs import load  # noqa: E402
+
+__all__ = [
+    "attacks", "build_model", "data", "fgsm", "list_attacks", "list_datasets", "list_models", "load",
+    "load_data", "models", "pgd", "threat",
+]

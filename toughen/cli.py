@@ -1,0 +1,218 @@
+"""The command line: a thin layer over the public functions.
+
+    toughen train --data mnist5k --recipe pgd --eps 0.3 --out runs/pgd
+    toughen eval runs/pgd --attack pgd --steps 100 --json
+    toughen demo --out runs/demo
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from toughen.errors import ToughenUsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.split("\n\n")[0])
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def _parse_number(text: str, name: str) -> float:
+    """Accept 0.3, 8/255 and the like."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ToughenUsageError(f"{name} must be a number such as 0.3 or 8/255, got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------- train
+
+@app.command()
+def train(
+    out_dir: Path = typer.Option(..., "--out", help="Run directory to write."),
+    config: Optional[Path] = typer.Option(None, help="YAML file of TrainConfig fields; flags override it."),
+    data: Optional[str] = typer.Option(None, help="Dataset: mnist5k (default), digits, mnist, cifar10."),
+    data_dir: Optional[Path] = typer.Option(None, help="Directory of the dataset's files (mnist, cifar10)."),
+    model: Optional[str] = typer.Option(None, help="Model: small_cnn (default), mlp, preact_resnet18, wide_resnet."),
+    recipe: Optional[str] = typer.Option(None, help="Recipe: pgd (default), mix, standard."),
+    eps: Optional[str] = typer.Option(None, help="Threat-model radius in data units, e.g. 0.3 or 8/255."),
+    norm: Optional[str] = typer.Option(None, help="linf (default) or l2."),
+    epochs: Optional[int] = typer.Option(None),
+    steps: Optional[int] = typer.Option(None, help="Attack steps during training."),
+    step_size: Optional[str] = typer.Option(None, help="Attack step size; default 2.5 * eps / steps."),
+    lam: Optional[float] = typer.Option(None, help="Weight of the adversarial loss in the mix recipe."),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    optimizer: Optional[str] = typer.Option(None, help="adam (default) or sgd."),
+    lr_schedule: Optional[str] = typer.Option(None, help="onecycle (default), cosine, piecewise, constant."),
+    eps_warmup: Optional[float] = typer.Option(None, help="Fraction of training over which eps ramps up."),
+    weight_decay: Optional[float] = typer.Option(None),
+    val_size: Optional[float] = typer.Option(None, help="Validation examples: a count, or a fraction < 1."),
+    eval_steps: Optional[int] = typer.Option(None, help="PGD steps for the test robust accuracy."),
+    seed: Optional[int] = typer.Option(None),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(False, help="Replace toughen's files in a non-empty --out."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object, no progress."),
+) -> None:
+    """Train a model with an adversarial-training recipe and write a run directory."""
+    from toughen.train import TrainConfig, train as run_train
+
+    values: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise ToughenUsageError(f"config file {config} does not exist")
+        values.update(yaml.safe_load(config.read_text()) or {})
+    flags = dict(
+        data=data, data_dir=str(data_dir) if data_dir else None, model=model, recipe=recipe,
+        eps=_parse_number(eps, "--eps") if eps is not None else None, norm=norm, epochs=epochs, steps=steps,
+        step_size=_parse_number(step_size, "--step-size") if step_size is not None else None,
+        lam=lam, batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
+        eps_warmup=eps_warmup, weight_decay=weight_decay, val_size=val_size, eval_steps=eval_steps, seed=seed,
+    )
+    values.update({k: v for k, v in flags.items() if v is not None})
+    cfg = TrainConfig.from_dict(values)
+    summary = run_train(cfg, out_dir, overwrite=overwrite, progress=not json_out, device=device)
+    if json_out:
+        print(json.dumps(summary))
+    else:
+        _print_table(f"{out_dir}", [summary])
+
+
+# ----------------------------------------------------------------------------- eval
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `toughen train`."),
+    attack: str = typer.Option("pgd", help="Attack: pgd or fgsm."),
+    eps: Optional[str] = typer.Option(None, help="Radius; default the run's training eps."),
+    norm: Optional[str] = typer.Option(None, help="Norm; default the run's."),
+    steps: int = typer.Option(20, help="PGD steps."),
+    step_size: Optional[str] = typer.Option(None, help="PGD step size; default 2.5 * eps / steps."),
+    restarts: int = typer.Option(1, help="PGD random restarts."),
+    loss: str = typer.Option("ce", help="Attack loss: ce or margin."),
+    n: Optional[int] = typer.Option(None, help="Evaluate the first N test examples."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+    json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object, nothing else."),
+) -> None:
+    """Evaluate a trained run on its test split: clean and robust accuracy under one attack."""
+    result = _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, n, seed, device,
+                           progress=not json_out)
+    if json_out:
+        print(json.dumps(result))
+    else:
+        _print_table(str(run_dir), [result])
+
+
+def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, n, seed, device, progress):
+    from toughen import threat
+    from toughen.attacks import Attack, get_attack
+    from toughen.data import load_data
+    from toughen.evaluate import evaluate_attack
+    from toughen.runs import load, read_config
+    from toughen.train.loop import check_device
+
+    cfg = read_config(run_dir)
+    train_cfg = cfg["train"]
+    get_attack(attack)
+    eps_value = _parse_number(eps, "--eps") if eps is not None else train_cfg["eps"]
+    norm = norm or train_cfg["norm"]
+    bounds = tuple(cfg["data_info"]["bounds"])
+    threat.check_eps(eps_value, norm, bounds)
+    if steps < 0:
+        raise ToughenUsageError(f"--steps must be >= 0, got {steps}")
+    if restarts < 1:
+        raise ToughenUsageError(f"--restarts must be >= 1, got {restarts}")
+    if n is not None and n < 1:
+        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    options: dict[str, Any] = {"loss": loss}
+    if attack == "pgd":
+        options.update(steps=steps, restarts=restarts)
+        if step_size is not None:
+            options["step_size"] = _parse_number(step_size, "--step-size")
+    dev = check_device(device)
+    model = load(run_dir, device=dev)
+    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"])
+    x, y = splits.x_test[:n], splits.y_test[:n]
+    result = evaluate_attack(model, x, y, Attack(attack, options), eps=eps_value, norm=norm, bounds=bounds,
+                             seed=seed, progress=progress)
+    result.pop("robust")
+    return result
+
+
+# ----------------------------------------------------------------------------- demo
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo's runs go."),
+    epochs: int = typer.Option(10, help="Adversarial-training epochs."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier demo in --out."),
+) -> None:
+    """Train small_cnn on 4,000 real MNIST digits with PGD adversarial training at eps = 0.3, and
+    an undefended baseline; evaluate both under FGSM and PGD-100 on the 1,000 test digits."""
+    from toughen.train import TrainConfig, train as run_train
+
+    runs = {
+        "standard": TrainConfig(recipe="standard", epochs=2, eps=0.3, eval_steps=0),
+        "pgd": TrainConfig(recipe="pgd", epochs=epochs, eps=0.3, steps=10, eps_warmup=1 / 3, eval_steps=0),
+    }
+    rows = []
+    for name, cfg in runs.items():
+        err.print(f"[bold]training[/] {name} ({cfg.epochs} epochs)")
+        summary = run_train(cfg, out_dir / name, overwrite=overwrite, progress=True)
+        for attack, options in [("fgsm", {}), ("pgd", {"steps": 100, "step_size": 0.01})]:
+            result = _evaluate_run(out_dir / name, attack, None, None, options.get("steps", 20),
+                                   str(options["step_size"]) if "step_size" in options else None, 1, "ce",
+                                   None, 0, "cpu", progress=True)
+            rows.append({"recipe": name, "train_seconds": summary["train_seconds"], **result})
+    _print_table(f"demo: small_cnn on mnist5k, eps = 0.3 (L-inf), {rows[0]['n']} test digits", rows)
+
+
+# ----------------------------------------------------------------------------- output
+
+def _print_table(title: str, rows: list[dict]) -> None:
+    table = Table(title=title)
+    columns = [c for c in ("recipe", "attack", "robust_attack", "eps", "clean_accuracy", "robust_accuracy",
+                           "n", "n_test", "train_seconds", "seconds") if any(c in r for r in rows)]
+    for c in columns:
+        table.add_column(c.replace("_", " "), justify="right" if c not in ("recipe", "attack") else "left")
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c, "")
+            if c.endswith("accuracy"):
+                cells.append(f"{100 * v:.1f}%")
+            elif isinstance(v, float):
+                cells.append(f"{v:.3g}" if c == "eps" else f"{v:.1f}")
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except ToughenUsageError as e:
+        _fail(str(e))
+    except FileNotFoundError as e:
+        _fail(str(e))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Classifiers that take inputs in the data bounds and return logits.
+
+``build_model(name, input_shape, num_classes, mean=..., std=...)``: when mean and std are given,
+the model's first layer is :class:`Normalize`, so the model itself always takes raw [0, 1] inputs
+and attacks work in pixel space.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from toughen._registry import Registry
+from toughen.models.layers import Normalize
+
+# A builder takes (input_shape=(C, H, W), num_classes, **options) and returns the bare network.
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+from toughen.models import convnets as _convnets  # noqa: E402,F401  (registers the models)
+from toughen.models import resnets as _resnets  # noqa: E402,F401
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    **options: Any,
+) -> nn.Module:
+    net = MODELS.get(name)(input_shape=tuple(input_shape), num_classes=num_classes, **options)
+    if mean is None:
+        return net
+    return nn.Sequential(Normalize(mean, std), net)
+
+
+__all__ = ["MODELS", "Normalize", "build_model", "list_models"]

@@ -1,0 +1,91 @@
+"""The training configuration: one typed dataclass, written next to the results."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from toughen import threat
+from toughen.errors import ToughenUsageError
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "onecycle", "cosine", "piecewise")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    data: str = "mnist5k"
+    data_dir: str | None = None
+    val_size: float = 0.1  # a count, or a fraction of the training split when < 1
+    model: str = "small_cnn"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    normalize: bool = True  # the model's first layer normalizes with the training split's stats
+    # how to train it
+    recipe: str = "pgd"
+    eps: float = 0.3
+    norm: str = "linf"
+    steps: int = 10  # attack steps during training
+    step_size: float | None = None  # default 2.5 * eps / steps
+    lam: float = 1.0  # weight of the adversarial loss in the `mix` recipe
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "onecycle"
+    eps_warmup: float = 0.0  # fraction of training over which eps ramps linearly from 0
+    seed: int = 0
+    # how to measure it
+    val_attack_steps: int | None = None  # PGD steps on the validation split each epoch; default `steps`
+    eval_steps: int = 20  # PGD steps for the test-split robust accuracy in summary.json
+    eval_n: int | None = None  # test examples to evaluate (all when None)
+
+    def resolved_step_size(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / max(self.steps, 1)
+
+    def validate(self) -> "TrainConfig":
+        """Check everything that can be checked before any file is written or data loaded."""
+        from toughen.data import DATASETS
+        from toughen.models import MODELS
+        from toughen.train.recipes import RECIPES
+
+        DATASETS.get(self.data)
+        MODELS.get(self.model)
+        RECIPES.get(self.recipe)
+        threat.check_eps(self.eps, self.norm)
+        for name in ("steps", "epochs", "batch_size", "eval_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name in ("steps", "eval_steps") else 1):
+                low = 0 if name in ("steps", "eval_steps") else 1
+                raise ToughenUsageError(f"{name} must be a whole number >= {low}, got {value!r}")
+        if self.step_size is not None and self.step_size <= 0:
+            raise ToughenUsageError(f"step_size must be > 0, got {self.step_size}")
+        if self.lr <= 0:
+            raise ToughenUsageError(f"lr must be > 0, got {self.lr}")
+        if self.lam < 0:
+            raise ToughenUsageError(f"lam must be >= 0, got {self.lam}")
+        if not 0 <= self.eps_warmup <= 1:
+            raise ToughenUsageError(f"eps_warmup is a fraction of training in [0, 1], got {self.eps_warmup}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ToughenUsageError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ToughenUsageError(
+                f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
+            )
+        if self.eval_n is not None and self.eval_n < 1:
+            raise ToughenUsageError(f"eval_n must be >= 1, got {self.eval_n}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ToughenUsageError(f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
