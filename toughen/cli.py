@@ -123,8 +123,8 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
     from toughen import threat
     from toughen.attacks import Attack, get_attack
     from toughen.data import load_data
-    from toughen.evaluate import evaluate_attack
-    from toughen.runs import load, read_config
+    from toughen.evaluation import evaluate_attack
+    from toughen.runs import load, read_config, record_evaluation
     from toughen.train.loop import check_device
 
     cfg = read_config(run_dir)
@@ -142,7 +142,8 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
         raise ToughenUsageError(f"--n must be >= 1, got {n}")
     options: dict[str, Any] = {"loss": loss}
     if attack == "pgd":
-        options.update(steps=steps, restarts=restarts)
+        # early_stop leaves robust accuracy unchanged and skips work on examples already fooled
+        options.update(steps=steps, restarts=restarts, early_stop=True)
         if step_size is not None:
             options["step_size"] = _parse_number(step_size, "--step-size")
     dev = check_device(device)
@@ -151,7 +152,12 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
     x, y = splits.x_test[:n], splits.y_test[:n]
     result = evaluate_attack(model, x, y, Attack(attack, options), eps=eps_value, norm=norm, bounds=bounds,
                              seed=seed, progress=progress)
-    result.pop("robust")
+    robust = result.pop("robust")
+    names = cfg["data_info"]["class_names"]
+    result["per_class_robust_accuracy"] = {
+        names[c]: robust[y == c].float().mean().item() for c in range(len(names)) if (y == c).any()
+    }
+    record_evaluation(run_dir, result)
     return result
 
 

@@ -5,6 +5,7 @@
     RUN_DIR/metrics.jsonl      one JSON object per epoch
     RUN_DIR/model.safetensors  the weights (loads without executing code)
     RUN_DIR/summary.json       the headline numbers
+    RUN_DIR/evaluations.jsonl  one JSON object per `toughen eval` (the report reads these)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 
 from toughen.errors import ToughenUsageError
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "summary.json")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "summary.json", "evaluations.jsonl")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -64,6 +65,13 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             break  # a torn final line from a killed process
     return rows
+
+
+def record_evaluation(run_dir: str | Path, result: dict) -> None:
+    """Append an evaluation's result (JSON-serializable values only) to RUN_DIR/evaluations.jsonl."""
+    import time
+
+    append_jsonl(Path(run_dir) / "evaluations.jsonl", {**result, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

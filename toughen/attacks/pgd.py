@@ -18,12 +18,15 @@ class _WorstCase:
         self.success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         self.value = torch.full((len(x),), float("-inf"), device=x.device)
 
-    def update(self, x_new: torch.Tensor, success: torch.Tensor, value: torch.Tensor) -> None:
+    def update(self, idx: torch.Tensor, x_new: torch.Tensor, success: torch.Tensor, value: torch.Tensor) -> None:
+        """Offer candidates ``x_new`` for the examples ``idx``; keep each one that is worse."""
         value = value.detach().float()
-        better = (success & ~self.success) | ((success == self.success) & (value > self.value))
-        self.x[better] = x_new.detach()[better]
-        self.success |= success
-        self.value = torch.where(better, value, self.value)
+        old_success, old_value = self.success[idx], self.value[idx]
+        better = (success & ~old_success) | ((success == old_success) & (value > old_value))
+        chosen = idx[better]
+        self.x[chosen] = x_new.detach()[better]
+        self.success[chosen] = success[better]
+        self.value[chosen] = value[better]
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
@@ -50,6 +53,7 @@ def pgd(
     target: torch.Tensor | None = None,
     bounds: threat.Bounds = (0.0, 1.0),
     keep_best: bool = True,
+    early_stop: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Projected gradient ascent on the loss inside an eps-ball (Madry et al. 2018,
@@ -69,6 +73,9 @@ def pgd(
         loss: "ce" (cross-entropy) or "margin" (max_{j != y} z_j - z_y).
         target: optional target labels; the attack then drives the prediction towards them.
         keep_best: return, per example, the worst iterate seen (default) rather than the last one.
+        early_stop: stop attacking an example as soon as it is fooled (its fooling input is
+            returned). Robust accuracy is unchanged and evaluation is much cheaper; the loss of
+            fooled examples is then not pushed higher.
         generator: the source of randomness for the random start; the global one when None.
 
     Returns:
@@ -89,29 +96,44 @@ def pgd(
         raise ToughenUsageError(f"step_size must be >= 0, got {step_size}")
 
     x = x.detach()
-    value_of = objective(loss, y, target)
+    track = keep_best or early_stop or restarts > 1
     worst = _WorstCase(x)
+    everyone = torch.arange(len(x), device=x.device)
     for _ in range(restarts):
+        # With early_stop, examples already fooled are not attacked again.
+        idx = everyone[~worst.success] if early_stop else everyone
+        xs, ys = x[idx], y[idx]
+        ts = target[idx] if target is not None else None
+        value_of = objective(loss, ys, ts)
         if random_start:
-            delta = threat.random_start(x, eps, norm, bounds, generator)
+            delta = threat.random_start(xs, eps, norm, bounds, generator)
         else:
-            delta = torch.zeros_like(x)
+            delta = torch.zeros_like(xs)
         for _ in range(steps):
             delta.requires_grad_(True)
             with torch.enable_grad():
-                logits = model(x + delta)
+                logits = model(xs + delta)
                 value = value_of(logits)
                 # Gradient with respect to delta only: nothing accumulates on the parameters.
                 (grad,) = torch.autograd.grad(value.sum(), delta)
-            if keep_best:
-                worst.update(x + delta, is_successful(logits, y, target), value)
-            delta = threat.step(x, delta.detach(), grad, step_size, eps, norm, bounds)
-        if keep_best or restarts > 1:
-            with torch.no_grad():
-                logits = model(x + delta)
-            worst.update(x + delta, is_successful(logits, y, target), value_of(logits))
-        else:
-            return (x + delta).detach()
+            success = is_successful(logits, ys, ts)
+            if track:
+                worst.update(idx, xs + delta, success, value)
+            delta = threat.step(xs, delta.detach(), grad, step_size, eps, norm, bounds)
+            if early_stop and success.any():
+                keep = ~success
+                idx, xs, ys, delta = idx[keep], xs[keep], ys[keep], delta[keep]
+                ts = ts[keep] if ts is not None else None
+                value_of = objective(loss, ys, ts)
+                if len(idx) == 0:
+                    break
+        if len(idx) == 0:
+            continue
+        if not track:  # one run, last iterate: Madry's training attack, no extra forward pass
+            return (xs + delta).detach()
+        with torch.no_grad():
+            logits = model(xs + delta)
+        worst.update(idx, xs + delta, is_successful(logits, ys, ts), value_of(logits))
     return worst.x
 
 

@@ -18,7 +18,7 @@ import yaml
 import toughen
 from toughen.attacks import Attack
 from toughen.data import load_data
-from toughen.evaluate import attack_correct, clean_correct
+from toughen.evaluation import attack_correct, clean_correct
 from toughen.models import build_model
 from toughen.runs import atomic_write_text, git_revision, prepare_run_dir, save_weights, write_json
 from toughen.train.config import TrainConfig
@@ -81,7 +81,7 @@ def train(
     gen = torch.Generator(device=dev).manual_seed(cfg.seed + 2)
     clean = clean_correct(model, x_test, y_test).float().mean().item()
     robust = attack_correct(
-        model, x_test, y_test, Attack("pgd", {"steps": cfg.eval_steps}),
+        model, x_test, y_test, Attack("pgd", {"steps": cfg.eval_steps, "early_stop": True}),
         eps=cfg.eps, norm=cfg.norm, bounds=splits.bounds, generator=gen, progress=progress, desc="test PGD",
     ).float().mean().item()
     summary = {

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from toughen.attacks import Attack
 from toughen.data import Splits
 from toughen.errors import ToughenUsageError
-from toughen.evaluate import attack_correct, clean_correct
+from toughen.evaluation import attack_correct, clean_correct
 from toughen.runs import append_jsonl
 from toughen.train.config import TrainConfig
 from toughen.train.recipes import RECIPES, RecipeContext
@@ -54,7 +54,7 @@ def validate(model: nn.Module, splits: Splits, cfg: TrainConfig, generator: torc
     steps = cfg.val_attack_steps if cfg.val_attack_steps is not None else max(cfg.steps, 1)
     clean = clean_correct(model, splits.x_val, splits.y_val).float().mean().item()
     robust = attack_correct(
-        model, splits.x_val, splits.y_val, Attack("pgd", {"steps": steps}),
+        model, splits.x_val, splits.y_val, Attack("pgd", {"steps": steps, "early_stop": True}),
         eps=cfg.eps, norm=cfg.norm, bounds=splits.bounds, generator=generator,
     ).float().mean().item()
     return clean, robust

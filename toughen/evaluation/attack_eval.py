@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from toughen.attacks import Attack
-from toughen.evaluate.accuracy import attack_correct, clean_correct
+from toughen.evaluation.accuracy import attack_correct, clean_correct
 
 
 def evaluate_attack(
