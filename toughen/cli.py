@@ -65,6 +65,8 @@ def train(
     val_size: Optional[float] = typer.Option(None, help="Validation examples: a count, or a fraction < 1."),
     eval_steps: Optional[int] = typer.Option(None, help="PGD steps for the test robust accuracy."),
     seed: Optional[int] = typer.Option(None),
+    amp: Optional[str] = typer.Option(None, help="Mixed precision for training: bf16 or fp16."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last", help="NHWC memory format (faster on CPU)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace toughen's files in a non-empty --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object, no progress."),
@@ -83,6 +85,7 @@ def train(
         step_size=_parse_number(step_size, "--step-size") if step_size is not None else None,
         lam=lam, batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
         eps_warmup=eps_warmup, weight_decay=weight_decay, val_size=val_size, eval_steps=eval_steps, seed=seed,
+        amp=amp, channels_last=channels_last,
     )
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.from_dict(values)

@@ -38,6 +38,8 @@ class TrainConfig:
     lr_schedule: str = "onecycle"
     eps_warmup: float = 0.0  # fraction of training over which eps ramps linearly from 0
     seed: int = 0
+    amp: str | None = None  # "bf16" or "fp16" autocast for the training step (attack included)
+    channels_last: bool = False  # NHWC memory format: faster convolutions on CPUs and tensor cores
     # how to measure it
     val_attack_steps: int | None = None  # PGD steps on the validation split each epoch; default `steps`
     eval_steps: int = 20  # PGD steps for the test-split robust accuracy in summary.json
@@ -75,6 +77,8 @@ class TrainConfig:
             raise ToughenUsageError(
                 f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
             )
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ToughenUsageError(f"unknown amp {self.amp!r}; choose bf16 or fp16 (or leave it off)")
         if self.eval_n is not None and self.eval_n < 1:
             raise ToughenUsageError(f"eval_n must be >= 1, got {self.eval_n}")
         return self

@@ -84,6 +84,11 @@ def fit(
         eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, step_size=cfg.resolved_step_size(),
         bounds=splits.bounds, lam=cfg.lam, generator=attack_gen,
     )
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
+    # fp16 needs loss scaling to keep small gradients from underflowing; bf16 does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     n = len(splits.x_train)
     batches_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * batches_per_epoch
@@ -103,16 +108,19 @@ def fit(
             ctx.eps = eps_at(cfg.eps, cfg.eps_warmup, progress_frac)
             ctx.step_size = cfg.resolved_step_size() * (ctx.eps / cfg.eps if cfg.eps > 0 else 1.0)
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x, y = splits.x_train[idx].to(device), splits.y_train[idx].to(device)
-            out = recipe(model, x, y, ctx)
+            x = splits.x_train[idx].to(device).contiguous(memory_format=memory_format)
+            y = splits.y_train[idx].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = recipe(model, x, y, ctx)
             if not torch.isfinite(out.loss):
                 raise TrainingDiverged(
                     f"the loss became {out.loss.item()} in epoch {epoch}, batch {b}; "
                     "lower --lr or check the data"
                 )
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
+            scaler.scale(out.loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += out.loss.item() * len(y)  # note: a sync point, once per batch
             if out.clean_logits is not None:
                 clean_hits += (out.clean_logits.argmax(1) == y).sum().item()
