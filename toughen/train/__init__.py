@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -33,10 +33,12 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     device: str = "cpu",
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Train a model as ``cfg`` says and write the run directory ``out``; return the summary.
 
-    Everything is validated before anything is written.
+    Everything is validated before anything is written. ``on_epoch`` receives each epoch's
+    metrics row as it is written (the CLI's ``--tensorboard`` logs through it).
     """
     cfg.validate()
     dev = check_device(device)
@@ -70,7 +72,7 @@ def train(
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False))
 
     start = time.perf_counter()
-    history = fit(model, splits, cfg, metrics_path=run_dir / "metrics.jsonl", progress=progress)
+    history = fit(model, splits, cfg, metrics_path=run_dir / "metrics.jsonl", progress=progress, on_epoch=on_epoch)
     train_seconds = time.perf_counter() - start
     save_weights(model, run_dir / "model.safetensors")
 
