@@ -70,6 +70,7 @@ def train(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace toughen's files in a non-empty --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object, no progress."),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log each epoch to RUN_DIR/tensorboard."),
 ) -> None:
     """Train a model with an adversarial-training recipe and write a run directory."""
     from toughen.train import TrainConfig, train as run_train
@@ -89,7 +90,16 @@ def train(
     )
     values.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.from_dict(values)
-    summary = run_train(cfg, out_dir, overwrite=overwrite, progress=not json_out, device=device)
+    logger = None
+    if tensorboard:
+        from toughen.report.tensorboard import TensorBoardLogger
+
+        logger = TensorBoardLogger(out_dir / "tensorboard")  # fails here, before training, if not installed
+    try:
+        summary = run_train(cfg, out_dir, overwrite=overwrite, progress=not json_out, device=device, on_epoch=logger)
+    finally:
+        if logger is not None:
+            logger.close()
     if json_out:
         print(json.dumps(summary))
     else:
@@ -192,22 +202,95 @@ def demo(
     _print_table(f"demo: small_cnn on mnist5k, eps = 0.3 (L-inf), {rows[0]['n']} test digits", rows)
 
 
+# ----------------------------------------------------------------------------- report, sweep
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories, or sweep directories (standing for their runs)."),
+    out_file: Optional[Path] = typer.Option(
+        None, "--out", help="HTML file to write; default RUN_DIR/report.html for one directory, else report.html."
+    ),
+    gallery: bool = typer.Option(True, help="Attack a few test inputs of each run for the example gallery."),
+    gallery_n: int = typer.Option(8, help="Test inputs in each run's gallery."),
+    gallery_steps: int = typer.Option(20, help="PGD steps for the gallery's adversarial examples."),
+    device: str = typer.Option("cpu", help="Device for the gallery's attack."),
+) -> None:
+    """Write one self-contained HTML report comparing runs: summary, trade-off, curves, examples, audit."""
+    from toughen.report import build_report
+    from toughen.train.loop import check_device
+
+    if gallery_n < 1 or gallery_steps < 0:
+        raise ToughenUsageError("--gallery-n must be >= 1 and --gallery-steps >= 0")
+    check_device(device)
+    if out_file is None:
+        out_file = run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html")
+    path = build_report(run_dirs, out_file, gallery=gallery, gallery_n=gallery_n, gallery_steps=gallery_steps,
+                        device=device)
+    out.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def sweep(
+    grid: str = typer.Option(..., help='Values to sweep, e.g. "recipe=mix,trades lam=0.5,1,2 beta=1,6 eps=0.1,0.3".'),
+    out_dir: Path = typer.Option(..., "--out", help="Sweep directory: one run directory per point, and report.html."),
+    config: Optional[Path] = typer.Option(None, help="YAML file of TrainConfig fields shared by every point."),
+    data: Optional[str] = typer.Option(None, help="Dataset: mnist5k (default), digits, mnist, cifar10."),
+    data_dir: Optional[Path] = typer.Option(None, help="Directory of the dataset's files (mnist, cifar10)."),
+    model: Optional[str] = typer.Option(None, help="Model: small_cnn (default), mlp, preact_resnet18, wide_resnet."),
+    recipe: Optional[str] = typer.Option(None, help="Recipe of every point, unless the grid sweeps recipe."),
+    eps: Optional[str] = typer.Option(None, help="Radius of every point, unless the grid sweeps eps."),
+    epochs: Optional[int] = typer.Option(None),
+    steps: Optional[int] = typer.Option(None, help="Attack steps during training."),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    val_size: Optional[float] = typer.Option(None, help="Validation examples: a count, or a fraction < 1."),
+    eval_steps: Optional[int] = typer.Option(None, help="PGD steps for each run's test robust accuracy."),
+    seed: Optional[int] = typer.Option(None),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    make_report: bool = typer.Option(True, "--report/--no-report", help="Write SWEEP_DIR/report.html at the end."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON list of the points' results, no progress."),
+) -> None:
+    """Train one run per point of a grid (resuming an interrupted sweep), then report them side by side."""
+    from toughen.sweep import run_sweep
+
+    base: dict[str, Any] = {}
+    if config is not None:
+        if not config.is_file():
+            raise ToughenUsageError(f"config file {config} does not exist")
+        base.update(yaml.safe_load(config.read_text()) or {})
+    flags = dict(
+        data=data, data_dir=str(data_dir) if data_dir else None, model=model, recipe=recipe,
+        eps=_parse_number(eps, "--eps") if eps is not None else None, epochs=epochs, steps=steps,
+        batch_size=batch_size, lr=lr, val_size=val_size, eval_steps=eval_steps, seed=seed,
+    )
+    base.update({k: v for k, v in flags.items() if v is not None})
+    log = None if json_out else (lambda message: err.print(message, highlight=False))
+    rows = run_sweep(grid, base, out_dir, device=device, progress=not json_out, report=make_report, log=log)
+    if json_out:
+        print(json.dumps(rows))
+    else:
+        _print_table(f"sweep {out_dir}", rows)
+
+
 # ----------------------------------------------------------------------------- output
 
 def _print_table(title: str, rows: list[dict]) -> None:
     table = Table(title=title)
-    columns = [c for c in ("recipe", "attack", "robust_attack", "eps", "clean_accuracy", "robust_accuracy",
-                           "n", "n_test", "train_seconds", "seconds") if any(c in r for r in rows)]
+    columns = [c for c in ("run", "recipe", "lam", "beta", "attack", "robust_attack", "eps", "clean_accuracy",
+                           "robust_accuracy", "n", "n_test", "train_seconds", "seconds", "status")
+               if any(c in r for r in rows)]
     for c in columns:
-        table.add_column(c.replace("_", " "), justify="right" if c not in ("recipe", "attack") else "left")
+        table.add_column(c.replace("_", " "), justify="left" if c in ("run", "recipe", "attack", "status") else "right")
     for r in rows:
         cells = []
         for c in columns:
             v = r.get(c, "")
-            if c.endswith("accuracy"):
+            if v == "" or v is None:
+                cells.append("—")
+            elif c.endswith("accuracy"):
                 cells.append(f"{100 * v:.1f}%")
             elif isinstance(v, float):
-                cells.append(f"{v:.3g}" if c == "eps" else f"{v:.1f}")
+                cells.append(f"{v:.3g}" if c in ("eps", "lam", "beta") else f"{v:.1f}")
             else:
                 cells.append(str(v))
         table.add_row(*cells)

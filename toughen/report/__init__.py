@@ -1,0 +1,200 @@
+"""The HTML robustness report: one self-contained page over one or more run directories.
+
+    from toughen.report import build_report
+    build_report(["runs/standard", "runs/pgd"], "report.html")
+
+or ``toughen report runs/standard runs/pgd --out report.html``. See docs/report.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import toughen
+from toughen.report.collect import SYMBOLS, RunRecord, collect, fmt_number, load_run, recipe_parameters
+from toughen.errors import ToughenUsageError
+from toughen.runs import atomic_write_text
+
+NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "—"
+    return f"{s:.1f} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def _summary_row(run: RunRecord) -> dict[str, Any]:
+    s = run.summary or {}
+    head = run.headline()
+    others = [f"{r.attack}: {_pct(r.robust_accuracy)} (n={r.n})" for r in run.results_at_training_eps()
+              if r != head]
+    cost = s.get("cost_multiplier")
+    return {
+        "name": run.name,
+        "finished": run.finished,
+        "recipe": run.recipe,
+        "params": [(SYMBOLS.get(k, k), fmt_number(v)) for k, v in run.params().items()],
+        "data": run.train.get("data", "?"),
+        "model": run.train.get("model", "?"),
+        "threat": f"ε = {fmt_number(run.eps)} ({NORM_NAMES.get(run.norm, run.norm)})",
+        "epochs": f"{len(run.metrics)}/{run.train.get('epochs', '?')}" if not run.finished else run.train.get("epochs", "?"),
+        "best_epoch": run.best_epoch(),
+        "clean": _pct(head.clean_accuracy if head and head.clean_accuracy is not None else s.get("clean_accuracy")),
+        "robust": _pct(head.robust_accuracy) if head else None,
+        "robust_attack": f"{head.attack}, n={head.n}" if head else "",
+        "others": others,
+        "train_time": _seconds(s.get("train_seconds")),
+        "cost": f"×{cost:.2g}" if isinstance(cost, (int, float)) else "—",
+    }
+
+
+def _audit(run: RunRecord) -> dict[str, Any] | None:
+    a = run.audit
+    if not a:
+        return None
+    import json
+
+    checks = []
+    for c in a.get("checks") or []:
+        if not isinstance(c, dict):
+            continue
+        ev = c.get("evidence", "")
+        status = str(c.get("status", "?"))
+        checks.append({"name": str(c.get("name", "?")), "status": status, "status_class": _css_word(status),
+                       "evidence": ev if isinstance(ev, str) else json.dumps(ev, default=str)})
+    verdict = str(a.get("verdict", "?"))
+    return {"name": run.name, "verdict": verdict, "verdict_class": _css_word(verdict), "checks": checks}
+
+
+def _css_word(text: str) -> str:
+    # A class name built from data: only letters and hyphens survive (autoescape covers quotes anyway).
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower())[:30]
+
+
+def _per_class(runs: list[RunRecord]) -> dict[str, Any] | None:
+    found = [(run, pc) for run in runs if (pc := run.per_class())]
+    if not found:
+        return None
+    classes: list[str] = []
+    for run, (_, table) in found:
+        order = run.class_names or list(table)
+        classes += [c for c in order if c in table and c not in classes]
+        classes += [c for c in table if c not in classes]
+    rows = []
+    for c in classes:
+        cells = []
+        for _, (_, table) in found:
+            v = table.get(c)
+            # white (0%) to green (100%): the weak classes stand out without reading numbers
+            color = "transparent" if v is None else f"hsl(150, 55%, {97 - 30 * v:.0f}%)"
+            cells.append({"text": _pct(v), "color": color})
+        rows.append({"name": c, "cells": cells})
+    headers = [{"name": run.name, "attack": attack} for run, (attack, _) in found]
+    return {"headers": headers, "rows": rows}
+
+
+def build_report(
+    run_dirs: list[str | Path],
+    out: str | Path,
+    *,
+    gallery: bool = True,
+    gallery_n: int = 8,
+    gallery_steps: int = 20,
+    device: str = "cpu",
+    title: str | None = None,
+) -> Path:
+    """Write the report of ``run_dirs`` (run directories, or sweep directories, which stand for
+    their runs) to the HTML file ``out``; return its path."""
+    from toughen.report import plots
+    from toughen.report.html import render
+
+    runs = collect(list(run_dirs))
+    out = Path(out)
+
+    points = []
+    for run in runs:
+        head = run.headline()
+        if head is not None and head.clean_accuracy is not None:
+            points.append({"label": run.label(), "recipe": run.recipe, "clean": head.clean_accuracy,
+                           "robust": head.robust_accuracy,
+                           "group": f"ε={fmt_number(head.eps)} {NORM_NAMES.get(head.norm, head.norm)}"})
+    tradeoff = plots.tradeoff(points) if len(points) >= 2 else None
+
+    lines = [(run.name, attack, pts) for run in runs for attack, pts in run.robustness_lines()]
+    robustness = plots.robustness_curves(lines) if lines else None
+
+    curves = []
+    for run in runs:
+        if run.metrics:
+            events = run.guard_events()
+            curves.append({
+                "name": run.name, "label": run.label(), "events": events,
+                "img": plots.training_curves(run.metrics, best_epoch=run.best_epoch(),
+                                             guard_epochs=[e for e, _ in events]),
+            })
+
+    galleries = []
+    if gallery:
+        galleries = _galleries(runs, gallery_n, gallery_steps, device)
+
+    audits = [a for run in runs if (a := _audit(run))]
+    summary_rows = [_summary_row(run) for run in runs]
+    context = {
+        "title": title or ("toughen report: " + (runs[0].name if len(runs) == 1 else f"{len(runs)} runs")),
+        "subtitle": f"made {time.strftime('%Y-%m-%d %H:%M')} by toughen {toughen.__version__}",
+        "summary_rows": summary_rows,
+        "any_missing_robust": any(r["robust"] is None for r in summary_rows),
+        "show_cost": any(r["cost"] != "—" for r in summary_rows),
+        "audits": audits,
+        "tradeoff": tradeoff,
+        "robustness": robustness,
+        "robustness_hint": any(run.results() for run in runs),
+        "curves": curves,
+        "per_class": _per_class(runs),
+        "galleries": galleries,
+        "sources": ", ".join(str(run.path) for run in runs),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, render(context))
+    os.chmod(out, 0o644)  # a page to share: the temporary file it was written as was private
+    return out
+
+
+def _galleries(runs: list[RunRecord], n: int, steps: int, device: str) -> list[dict[str, Any]]:
+    from toughen.data import load_data
+    from toughen.report.gallery import make_gallery
+
+    cache: dict[tuple, Any] = {}  # runs of a sweep share their data: load it once
+    galleries = []
+    for run in runs:
+        key = (run.train.get("data"), run.train.get("data_dir"), run.train.get("val_size"))
+        try:
+            if key not in cache:
+                cache[key] = load_data(*key)
+        except (ToughenUsageError, FileNotFoundError) as e:  # e.g. a data_dir from another machine
+            galleries.append({"ok": False, "reason": f"the test data could not be loaded ({e})",
+                              "name": run.name, "label": run.label()})
+            continue
+        g = make_gallery(run, cache[key], n=n, steps=steps, device=device)
+        g.update(name=run.name, label=run.label())
+        if g["ok"]:
+            g["eps"] = fmt_number(g["eps"])
+            g["scale"] = fmt_number(g["scale"])
+            g["n_fooled"] = sum(ex["fooled"] for ex in g["examples"])
+            g["n_clean_right"] = sum(ex["clean_right"] for ex in g["examples"])
+            for ex in g["examples"]:
+                ex["clean_conf"] = f"{100 * ex['clean_conf']:.0f}%"
+                ex["adv_conf"] = f"{100 * ex['adv_conf']:.0f}%"
+        galleries.append(g)
+    return galleries
+
+
+__all__ = ["RunRecord", "build_report", "collect", "load_run", "recipe_parameters"]

@@ -1,0 +1,190 @@
+"""The report page: one jinja2 template, autoescaped, with its figures inlined as data: URIs.
+
+Autoescaping means every string that reaches the page (a class name, a run's directory name, a
+config value, an audit's evidence) is HTML-escaped; nothing in this template is marked safe.
+The Content-Security-Policy forbids scripts and any load that is not an inline image, so the
+page makes no network request even if a string were to slip through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+
+TEMPLATE = r"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
+<style>
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #222; background: #f6f6f4; }
+main { max-width: 1180px; margin: 0 auto; padding: 12px 18px 40px; }
+h1 { font-size: 22px; margin: 10px 0 2px; }
+h2 { font-size: 17px; margin: 0 0 8px; }
+h3 { font-size: 14px; margin: 10px 0 4px; }
+.sub, .note { color: #666; font-size: 12.5px; }
+section { background: #fff; border: 1px solid #e2e2de; border-radius: 6px; padding: 12px 16px; margin: 14px 0; }
+img { max-width: 100%; height: auto; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { border-bottom: 1px solid #e4e4e4; padding: 4px 6px; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+th { background: #f0f0ec; font-weight: 600; }
+.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.small { font-size: 11.5px; color: #555; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 540px), 1fr)); gap: 10px 18px; }
+.cards { display: flex; flex-wrap: wrap; gap: 8px; }
+.card { border: 1px solid #ddd; border-radius: 5px; padding: 6px; font-size: 11.5px; width: 246px; background: #fcfcfb; }
+.tiles { display: flex; gap: 4px; }
+.tiles figure { margin: 0; text-align: center; font-size: 10.5px; color: #666; }
+.tiles img { width: 76px; height: 76px; image-rendering: pixelated; border: 1px solid #ccc; display: block; }
+.ok { color: #00734d; } .bad { color: #b3261e; font-weight: 600; }
+.verdict { display: inline-block; padding: 2px 10px; border-radius: 12px; font-weight: 600; background: #eee; }
+.status-pass, .verdict-pass, .verdict-robust { background: #d9f2e4; color: #00734d; }
+.status-fail, .verdict-fail, .verdict-not-robust { background: #fbe0de; color: #b3261e; }
+.status-warn, .verdict-warn, .verdict-inconclusive { background: #fff1cc; color: #7a5900; }
+ul.events { margin: 2px 0 0; padding-left: 18px; font-size: 12.5px; }
+</style>
+</head>
+<body>
+<main>
+<h1>{{ title }}</h1>
+<div class="sub">{{ subtitle }}</div>
+
+<section id="summary">
+<h2>Summary</h2>
+<table>
+<thead><tr><th>Run</th><th>Recipe</th><th>Data · model</th><th>Threat model</th><th class="num">Epochs</th>
+<th class="num">Clean</th><th>Robust (worst attack at the training ε)</th><th class="num">Train time</th>{% if show_cost %}<th class="num">Cost</th>{% endif %}</tr></thead>
+<tbody>
+{% for r in summary_rows %}
+<tr>
+<td>{{ r.name }}{% if not r.finished %} <span class="bad">(unfinished)</span>{% endif %}</td>
+<td>{{ r.recipe }}{% for k, v in r.params %}<br><span class="small">{{ k }} = {{ v }}</span>{% endfor %}</td>
+<td>{{ r.data }}<br><span class="small">{{ r.model }}</span></td>
+<td>{{ r.threat }}</td>
+<td class="num">{{ r.epochs }}{% if r.best_epoch %}<br><span class="small">best {{ r.best_epoch }}</span>{% endif %}</td>
+<td class="num">{{ r.clean }}</td>
+<td>{% if r.robust %}<b>{{ r.robust }}</b> <span class="small">{{ r.robust_attack }}</span>{% else %}<span class="small">not measured</span>{% endif %}
+{% for other in r.others %}<br><span class="small">{{ other }}</span>{% endfor %}</td>
+<td class="num">{{ r.train_time }}</td>
+{% if show_cost %}<td class="num">{{ r.cost }}</td>{% endif %}
+</tr>
+{% endfor %}
+</tbody>
+</table>
+<p class="note">Robust accuracy is the lowest measured at the run's training ε (a suite's worst case per example where
+a suite was run); the attack and the number of test examples are named next to it. Clean accuracy is from the same measurement.
+{% if any_missing_robust %}Runs without a robust number: run <code>toughen eval RUN_DIR</code> and report again.{% endif %}</p>
+</section>
+
+{% if audits %}
+<section id="audit">
+<h2>Audit</h2>
+{% for a in audits %}
+<h3>{{ a.name }}: <span class="verdict verdict-{{ a.verdict_class }}">{{ a.verdict }}</span></h3>
+<table>
+<thead><tr><th>Check</th><th>Status</th><th>Evidence</th></tr></thead>
+<tbody>
+{% for c in a.checks %}<tr><td>{{ c.name }}</td><td><span class="verdict status-{{ c.status_class }}">{{ c.status }}</span></td><td class="small">{{ c.evidence }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% endfor %}
+</section>
+{% endif %}
+
+{% if tradeoff %}
+<section id="tradeoff">
+<h2>Trade-off: clean against robust accuracy</h2>
+<img id="tradeoff-plot" src="{{ tradeoff }}" alt="clean against robust accuracy, one point per run">
+<p class="note">One point per run, labelled by recipe, its parameter and ε. Points on the dashed Pareto front (outlined)
+are not beaten on both axes by any other run at the same threat model.</p>
+</section>
+{% endif %}
+
+{% if robustness %}
+<section id="robustness">
+<h2>Robust accuracy over ε</h2>
+<img src="{{ robustness }}" alt="robust accuracy against the threat-model radius">
+</section>
+{% elif robustness_hint %}
+<section id="robustness">
+<h2>Robust accuracy over ε</h2>
+<p class="note">No run was evaluated at two or more ε. To draw the curve: <code>toughen eval RUN_DIR --eps 0.1</code>,
+then again at other ε.</p>
+</section>
+{% endif %}
+
+{% if curves %}
+<section id="training">
+<h2>Training curves</h2>
+<div class="grid">
+{% for c in curves %}
+<div>
+<h3>{{ c.name }} <span class="small">{{ c.label }}</span></h3>
+<img src="{{ c.img }}" alt="training curves of {{ c.name }}">
+{% if c.events %}<ul class="events">{% for epoch, text in c.events %}<li>epoch {{ epoch }}: guard: {{ text }}</li>{% endfor %}</ul>{% endif %}
+</div>
+{% endfor %}
+</div>
+<p class="note">Dashed: on training batches (the attack at the training step's ε); solid: on the validation split.
+A red dotted line marks an epoch where the guard intervened, a green line the epoch selected as best.</p>
+</section>
+{% endif %}
+
+{% if per_class %}
+<section id="per-class">
+<h2>Per-class robust accuracy</h2>
+<table>
+<thead><tr><th>Class</th>{% for h in per_class.headers %}<th class="num">{{ h.name }}<br><span class="small">{{ h.attack }}</span></th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in per_class.rows %}<tr><td>{{ row.name }}</td>{% for cell in row.cells %}<td class="num" style="background: {{ cell.color }}">{{ cell.text }}</td>{% endfor %}</tr>
+{% endfor %}
+</tbody>
+</table>
+</section>
+{% endif %}
+
+{% if galleries %}
+<section id="gallery">
+<h2>Adversarial examples</h2>
+<p class="note">The first test inputs of each run, attacked with PGD at the run's ε. Middle tile: the perturbation,
+stretched so that the largest |δ| shown reaches the ends of the colour scale (red +, blue −).</p>
+{% for g in galleries %}
+<h3>{{ g.name }} <span class="small">{{ g.label }}</span></h3>
+{% if g.ok %}
+<div class="small">{{ g.attack }} at ε = {{ g.eps }} ({{ g.norm }}); perturbation scale ±{{ g.scale }}; {{ g.n_fooled }} of {{ g.n_clean_right }} correctly classified inputs fooled</div>
+<div class="cards">
+{% for ex in g.examples %}
+<div class="card">
+<div class="tiles">
+<figure><img src="{{ ex.clean }}" alt="clean input"><figcaption>clean</figcaption></figure>
+<figure><img src="{{ ex.delta }}" alt="perturbation"><figcaption>perturbation</figcaption></figure>
+<figure><img src="{{ ex.adv }}" alt="adversarial input"><figcaption>adversarial</figcaption></figure>
+</div>
+<div>true <b>{{ ex.true }}</b></div>
+<div>clean → <span class="{{ 'ok' if ex.clean_right else 'bad' }}">{{ ex.clean_pred }}</span> ({{ ex.clean_conf }})</div>
+<div>adversarial → <span class="{{ 'ok' if ex.adv_right else 'bad' }}">{{ ex.adv_pred }}</span> ({{ ex.adv_conf }})</div>
+</div>
+{% endfor %}
+</div>
+{% else %}
+<p class="note">No gallery: {{ g.reason }}.</p>
+{% endif %}
+{% endfor %}
+</section>
+{% endif %}
+
+<p class="sub">Every number on this page was read from the run directories listed above ({{ sources }}).</p>
+</main>
+</body>
+</html>
+"""
+
+_ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def render(context: dict[str, Any]) -> str:
+    return _ENV.from_string(TEMPLATE).render(**context)

@@ -1,0 +1,150 @@
+"""The report's figures, drawn with matplotlib and returned as inline ``data:`` PNG URIs.
+
+Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, never pyplot:
+making a report must not change the plotting backend of the caller's notebook or script.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+# Accessible, print-friendly colours (Okabe & Ito 2008), cycled per run or recipe.
+COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+
+def png_uri(fig: Figure, dpi: int = 110) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def array_uri(image: np.ndarray, *, cmap: str | None = None, vmin: float | None = None,
+              vmax: float | None = None) -> str:
+    """A small image (H, W) or (H, W, 3) as a PNG URI, one pixel per value (the page scales it up)."""
+    from matplotlib.image import imsave
+
+    buf = io.BytesIO()
+    imsave(buf, image, cmap=cmap, vmin=vmin, vmax=vmax, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _text(ax, *args, **kwargs):
+    # parse_math=False: a label such as "$5" from a config must print as written, not as TeX.
+    return ax.text(*args, parse_math=False, **kwargs)
+
+
+def training_curves(metrics: list[dict], *, best_epoch: int | None, guard_epochs: Sequence[int]) -> str:
+    """Loss (left) and train/validation clean and robust accuracy (right) per epoch, with the
+    guard's interventions (red dotted lines) and the selected best epoch (green line) marked."""
+    epochs = [row.get("epoch", i + 1) for i, row in enumerate(metrics)]
+    fig = Figure(figsize=(6.6, 2.5))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    losses = [row.get("loss") for row in metrics]
+    ax_loss.plot(epochs, [np.nan if v is None else v for v in losses], marker="o", ms=3, color="#333333")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    series = [
+        ("train_clean_accuracy", "train clean", COLORS[0], "--"),
+        ("train_robust_accuracy", "train robust", COLORS[3], "--"),
+        ("val_clean_accuracy", "val clean", COLORS[0], "-"),
+        ("val_robust_accuracy", "val robust", COLORS[3], "-"),
+    ]
+    for key, label, color, style in series:
+        values = [row.get(key) for row in metrics]
+        if any(v is not None for v in values):
+            ax_acc.plot(epochs, [np.nan if v is None else 100 * v for v in values], style, marker="o", ms=3,
+                        color=color, label=label)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_ylim(-2, 102)
+    for ax in (ax_loss, ax_acc):
+        for i, e in enumerate(guard_epochs):
+            ax.axvline(e, color="#D55E00", ls=":", lw=1.5, label="guard intervened" if (ax is ax_acc and i == 0) else None)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="#009E73", lw=2, alpha=0.6, label="best epoch" if ax is ax_acc else None)
+        ax.grid(alpha=0.3)
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+    ax_acc.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    return png_uri(fig)
+
+
+def robustness_curves(lines: list[tuple[str, str, list[tuple[float, float]]]]) -> str:
+    """Robust accuracy against eps: one line per (run, attack)."""
+    fig = Figure(figsize=(7.5, 3.6))
+    ax = fig.subplots()
+    runs = list(dict.fromkeys(run for run, _, _ in lines))
+    styles = ["-", "--", ":", "-."]
+    attacks = list(dict.fromkeys(attack for _, attack, _ in lines))
+    for run, attack, points in lines:
+        eps, acc = zip(*points)
+        ax.plot(eps, [100 * a for a in acc], styles[attacks.index(attack) % len(styles)], marker="o", ms=4,
+                color=COLORS[runs.index(run) % len(COLORS)], label=f"{run}: {attack}")
+    ax.set_xlabel("ε (threat-model radius; ε = 0 is clean accuracy)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return png_uri(fig)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (both maximized), by x descending."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front, best_y = [], -np.inf
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front
+
+
+def tradeoff(points: list[dict]) -> str:
+    """Clean against robust accuracy, one point per run, coloured by recipe and labelled; the
+    Pareto front drawn per threat model (eps, norm), since robust accuracies at different eps
+    are not comparable.
+
+    Each point: ``{"label", "recipe", "group", "clean", "robust"}`` with accuracies in [0, 1].
+    """
+    fig = Figure(figsize=(7.5, 4.4))
+    ax = fig.subplots()
+    recipes = list(dict.fromkeys(p["recipe"] for p in points))
+    groups = list(dict.fromkeys(p["group"] for p in points))
+    markers = ["o", "s", "^", "D", "v", "P", "X"]
+    for g_idx, group in enumerate(groups):
+        members = [p for p in points if p["group"] == group]
+        front = pareto_front([(p["clean"], p["robust"]) for p in members])
+        if len(front) >= 2:
+            fx = [100 * members[i]["clean"] for i in front]
+            fy = [100 * members[i]["robust"] for i in front]
+            ax.plot(fx, fy, color="#888888", ls="--", lw=1.2, zorder=1,
+                    label=f"Pareto front, {group}" if len(groups) > 1 else "Pareto front")
+        for i, p in enumerate(members):
+            on_front = i in front
+            ax.scatter(100 * p["clean"], 100 * p["robust"], s=60 if on_front else 35, zorder=3,
+                       marker=markers[g_idx % len(markers)], color=COLORS[recipes.index(p["recipe"]) % len(COLORS)],
+                       edgecolor="black" if on_front else "none", linewidth=0.8)
+            _text(ax, 100 * p["clean"], 100 * p["robust"], "  " + p["label"], fontsize=7, va="center", zorder=4)
+    for r_idx, recipe in enumerate(recipes):  # legend entries: one per recipe, one per eps group
+        ax.scatter([], [], color=COLORS[r_idx % len(COLORS)], label=f"recipe {recipe}")
+    if len(groups) > 1:
+        for g_idx, group in enumerate(groups):
+            ax.scatter([], [], color="#777777", marker=markers[g_idx % len(markers)], label=group)
+    xs = [100 * p["clean"] for p in points]
+    ys = [100 * p["robust"] for p in points]
+    pad = 4
+    ax.set_xlim(max(-2, min(xs) - pad), min(102, max(xs) + pad + 0.35 * (max(xs) - min(xs) + 10)))
+    ax.set_ylim(max(-2, min(ys) - pad), min(102, max(ys) + pad))
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return png_uri(fig)

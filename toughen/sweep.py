@@ -1,0 +1,158 @@
+"""A sweep: one training run per point of a grid, resumable, then one report comparing them.
+
+    toughen sweep --grid "recipe=mix,trades lam=0.5,1,2 beta=1,6 eps=0.1,0.3" --data digits --out sweeps/a
+
+A grid key is any TrainConfig field. A recipe's own parameter (lam for mix, beta for trades; the
+table is ``RECIPE_PARAMETERS`` in toughen.report.collect) multiplies only that recipe's points:
+the grid above is 3 x 2 mix runs plus 2 x 2 trades runs, 10 in all, not 2 x 3 x 2 x 2 = 24.
+
+Each point is its own run directory under the sweep's, named from its values
+(``mix-lam0.5-eps0.1``). A point is finished when its summary.json exists (training writes it
+last, atomically), so running the same command again after an interruption trains only the
+points that are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from toughen.errors import ToughenUsageError
+from toughen.report.collect import RECIPE_PARAMETERS, fmt_number, recipe_parameters
+from toughen.runs import write_json
+
+PLAN_FILE = "sweep.json"
+
+
+def _parse_value(text: str, key: str, default: Any) -> Any:
+    if re.fullmatch(r"[+-]?\d+", text):
+        value: Any = int(text)
+        return float(value) if isinstance(default, float) else value
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        if "/" in text:  # 8/255
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise ToughenUsageError(f"--grid: {key} takes numbers, got {text!r}") from None
+        return text
+
+
+def parse_grid(text: str) -> dict[str, list[Any]]:
+    """``"recipe=mix,trades lam=0.5,1"`` -> ``{"recipe": ["mix", "trades"], "lam": [0.5, 1.0]}``."""
+    from toughen.train.config import TrainConfig
+
+    defaults = {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
+    grid: dict[str, list[Any]] = {}
+    for token in text.split():
+        key, sep, values = token.partition("=")
+        if not sep or not key or not values:
+            raise ToughenUsageError(f"--grid: {token!r} is not KEY=V1,V2,...; e.g. \"recipe=mix,pgd eps=0.1,0.3\"")
+        if key not in defaults or key == "model_options":
+            raise ToughenUsageError(f"--grid: unknown key {key!r}; a grid key is a TrainConfig field: "
+                                    f"{', '.join(k for k in defaults if k != 'model_options')}")
+        if key in grid:
+            raise ToughenUsageError(f"--grid: {key} is given twice; list all its values once: {key}=A,B")
+        parsed = [_parse_value(v, key, defaults[key]) for v in values.split(",") if v]
+        grid[key] = list(dict.fromkeys(parsed))  # 0.1,0.10 is one value, not two runs
+    if not grid:
+        raise ToughenUsageError("--grid is empty; e.g. --grid \"recipe=standard,pgd eps=0.1,0.3\"")
+    return grid
+
+
+def _point_name(values: dict[str, Any]) -> str:
+    parts = [str(values["recipe"])] + [f"{k}{fmt_number(v)}" for k, v in values.items() if k != "recipe"]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts))
+
+
+def plan(grid: dict[str, list[Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points of the grid: ``[{"name", "values"}]``, each recipe multiplied only by the keys
+    that apply to it. Raises when a recipe parameter applies to none of the sweep's recipes."""
+    from toughen.train.config import TrainConfig
+
+    recipes = grid.get("recipe", [base.get("recipe", TrainConfig.recipe)])
+    specific = {p for params in RECIPE_PARAMETERS.values() for p in params}
+    for key in grid:
+        if key in specific and not any(key in recipe_parameters(r) for r in recipes):
+            users = [r for r, params in RECIPE_PARAMETERS.items() if key in params]
+            raise ToughenUsageError(f"--grid: {key} applies only to the recipe(s) {', '.join(users)}, and the sweep "
+                                    f"has none of them ({', '.join(map(str, recipes))}); add one to recipe=...")
+    points = []
+    for recipe in recipes:
+        keys = [k for k in grid if k != "recipe" and (k not in specific or k in recipe_parameters(recipe))]
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            values = {"recipe": recipe, **dict(zip(keys, combo))}
+            points.append({"name": _point_name(values), "values": values})
+    names = [p["name"] for p in points]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ToughenUsageError(f"--grid: points {', '.join(dupes)} would share a run directory; "
+                                "give values that differ when printed")
+    return points
+
+
+def run_sweep(
+    grid_text: str,
+    base: dict[str, Any],
+    out: str | Path,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    report: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train every point of the grid not yet finished under ``out``; write ``out/report.html``;
+    return one row per point (its values and test accuracies)."""
+    from toughen.train import TrainConfig, TrainingDiverged, train
+
+    log = log or (lambda message: None)
+    grid = parse_grid(grid_text)
+    clash = sorted(set(grid) & set(base))
+    if clash:
+        raise ToughenUsageError(f"{', '.join(clash)} given both in --grid and as an option; give each in one place")
+    points = plan(grid, base)
+    configs = [TrainConfig.from_dict({**base, **p["values"]}).validate() for p in points]  # all, before any training
+
+    out = Path(out)
+    plan_doc = {"grid": grid, "base": base, "points": points}
+    plan_path = out / PLAN_FILE
+    if plan_path.is_file():
+        previous = json.loads(plan_path.read_text())
+        if {k: previous.get(k) for k in ("base", "points")} != json.loads(json.dumps({"base": base, "points": points})):
+            raise ToughenUsageError(f"{out} holds a different sweep (see {plan_path}); resume it with the same "
+                                    "--grid and options, or choose another --out")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ToughenUsageError(f"--out {out} exists and is not an empty directory nor a sweep; choose another")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(plan_path, plan_doc)
+
+    rows = []
+    for i, (point, cfg) in enumerate(zip(points, configs), 1):
+        run_dir = out / point["name"]
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file():
+            log(f"[{i}/{len(points)}] {point['name']}: finished earlier, kept")
+            summary, status = json.loads(summary_path.read_text()), "kept"
+        else:
+            log(f"[{i}/{len(points)}] {point['name']}: training")
+            try:
+                summary, status = train(cfg, run_dir, overwrite=True, progress=progress, device=device), "trained"
+            except TrainingDiverged as e:
+                log(f"[{i}/{len(points)}] {point['name']}: diverged: {e}")
+                summary, status = {}, "diverged"
+        rows.append({"run": point["name"], **point["values"], **{k: summary[k] for k in
+                     ("eps", "clean_accuracy", "robust_accuracy", "robust_attack", "train_seconds") if k in summary},
+                     "status": status})
+    if report:
+        from toughen.report import build_report
+
+        path = build_report([out], out / "report.html", device=device)
+        log(f"report: {path}")
+    return rows
