@@ -179,7 +179,7 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo's runs go."),
-    epochs: int = typer.Option(10, help="Adversarial-training epochs."),
+    epochs: int = typer.Option(24, help="Adversarial-training epochs."),
     overwrite: bool = typer.Option(False, help="Replace an earlier demo in --out."),
 ) -> None:
     """Train small_cnn on 4,000 real MNIST digits with PGD adversarial training at eps = 0.3, and
@@ -188,7 +188,10 @@ def demo(
 
     runs = {
         "standard": TrainConfig(recipe="standard", epochs=2, eps=0.3, eval_steps=0),
-        "pgd": TrainConfig(recipe="pgd", epochs=epochs, eps=0.3, steps=10, eps_warmup=1 / 3, eval_steps=0),
+        # bf16 autocast and channels-last make PGD training about 2x faster on CPUs with bf16
+        # instructions; the evaluation below runs in fp32.
+        "pgd": TrainConfig(recipe="pgd", epochs=epochs, eps=0.3, steps=10, eps_warmup=1 / 3, eval_steps=0,
+                           amp="bf16", channels_last=True),
     }
     rows = []
     for name, cfg in runs.items():
