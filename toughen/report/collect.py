@@ -21,9 +21,14 @@ from toughen.runs import read_jsonl
 
 # Parameters that belong to one recipe only: a sweep varies them only for those recipes and the
 # report shows them next to the recipe's name. Every other TrainConfig field applies to all.
+# (Recipes not registered in this version are harmless here.)
 RECIPE_PARAMETERS: dict[str, tuple[str, ...]] = {
     "mix": ("lam",),
     "trades": ("beta",),
+    "mart": ("beta",),
+    "free": ("free_replays",),
+    "gradalign": ("gradalign_lambda",),
+    "augment": ("noise_std", "augment_flip"),
 }
 SYMBOLS = {"lam": "λ", "beta": "β", "eps": "ε"}
 
