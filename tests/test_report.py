@@ -231,3 +231,14 @@ def test_tensorboard_logs_each_epoch(tmp_path):
     acc.Reload()
     assert [e.step for e in acc.Scalars("val_clean_accuracy")] == [1, 2]
     assert torch.isfinite(torch.tensor([e.value for e in acc.Scalars("loss")])).all()
+
+
+def test_gallery_takes_one_example_per_class_in_turn(digits):
+    from toughen.report.gallery import pick_examples
+
+    idx = pick_examples(digits.y_test, 25)
+    assert len(set(idx.tolist())) == 25
+    classes = digits.y_test[idx].tolist()
+    assert sorted(classes[:10]) == list(range(10)) and sorted(classes[10:20]) == list(range(10))
+    assert all(digits.y_test[i] == c for i, c in zip(idx.tolist(), classes))
+    assert idx[0] == (digits.y_test == digits.y_test[idx[0]]).nonzero()[0].item()  # the first of its class

@@ -1,12 +1,14 @@
 """Adversarial examples to look at: the clean input, the perturbation made visible, the adversarial
 input, with the true label and the model's prediction and confidence on each.
 
-The examples are the first ``n`` of the test split, whatever happens to them, so the gallery
-shows the attack's typical effect rather than a chosen success.
+The examples are the first test input of each class in turn (then the second of each, ...),
+chosen before and regardless of the attack, so the gallery shows the attack's typical effect
+rather than a chosen success, across classes rather than n copies of the first class.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -30,9 +32,16 @@ def _perturbation_tile(delta: np.ndarray, scale: float) -> tuple[np.ndarray, dic
     return delta[0], {"cmap": "RdBu_r", "vmin": -scale, "vmax": scale}
 
 
+def pick_examples(y: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the first example of each class, then the second of each, ..., ``n`` in all."""
+    per_class = [torch.nonzero(y == c).flatten().tolist() for c in torch.unique(y).tolist()]
+    order = [idx for rank in itertools.zip_longest(*per_class) for idx in rank if idx is not None]
+    return torch.tensor(order[:n], dtype=torch.long)
+
+
 def make_gallery(run: RunRecord, splits, *, n: int = 8, steps: int = 20, seed: int = 0,
                  device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Attack the first ``n`` test inputs of ``run``'s model with PGD at the run's eps and norm.
+    """Attack ``n`` test inputs (see :func:`pick_examples`) of ``run``'s model with PGD at the run's eps and norm.
 
     Returns ``{"ok": True, "attack", "eps", "norm", "scale", "examples": [...]}`` or
     ``{"ok": False, "reason"}`` when the run has no weights or its inputs are not images.
@@ -48,7 +57,8 @@ def make_gallery(run: RunRecord, splits, *, n: int = 8, steps: int = 20, seed: i
     eps, norm = run.eps, run.norm
     bounds = tuple(run.data_info.get("bounds", (0.0, 1.0)))
     model = load(run.path, device=device)
-    x, y = splits.x_test[:n].to(device), splits.y_test[:n].to(device)
+    idx = pick_examples(splits.y_test, n)
+    x, y = splits.x_test[idx].to(device), splits.y_test[idx].to(device)
     gen = torch.Generator(device=x.device).manual_seed(seed)
     x_adv = pgd(model, x, y, eps=eps, norm=norm, steps=steps, bounds=bounds, generator=gen)
     with torch.no_grad():

@@ -31,6 +31,8 @@ img { max-width: 100%; height: auto; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { border-bottom: 1px solid #e4e4e4; padding: 4px 6px; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
 th { background: #f0f0ec; font-weight: 600; }
+table.compact { width: auto; min-width: 40%; }
+table.compact td.num, table.compact th.num { min-width: 110px; }
 .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .small { font-size: 11.5px; color: #555; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 540px), 1fr)); gap: 10px 18px; }
@@ -137,7 +139,7 @@ A red dotted line marks an epoch where the guard intervened, a green line the ep
 {% if per_class %}
 <section id="per-class">
 <h2>Per-class robust accuracy</h2>
-<table>
+<table class="compact">
 <thead><tr><th>Class</th>{% for h in per_class.headers %}<th class="num">{{ h.name }}<br><span class="small">{{ h.attack }}</span></th>{% endfor %}</tr></thead>
 <tbody>
 {% for row in per_class.rows %}<tr><td>{{ row.name }}</td>{% for cell in row.cells %}<td class="num" style="background: {{ cell.color }}">{{ cell.text }}</td>{% endfor %}</tr>
@@ -150,7 +152,7 @@ A red dotted line marks an epoch where the guard intervened, a green line the ep
 {% if galleries %}
 <section id="gallery">
 <h2>Adversarial examples</h2>
-<p class="note">The first test inputs of each run, attacked with PGD at the run's ε. Middle tile: the perturbation,
+<p class="note">The first test input of each class (then the second of each, ...), chosen before the attack, attacked with PGD at the run's ε. Middle tile: the perturbation,
 stretched so that the largest |δ| shown reaches the ends of the colour scale (red +, blue −).</p>
 {% for g in galleries %}
 <h3>{{ g.name }} <span class="small">{{ g.label }}</span></h3>
