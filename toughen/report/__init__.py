@@ -45,7 +45,8 @@ def _summary_row(run: RunRecord) -> dict[str, Any]:
         "data": run.train.get("data", "?"),
         "model": run.train.get("model", "?"),
         "threat": f"ε = {fmt_number(run.eps)} ({NORM_NAMES.get(run.norm, run.norm)})",
-        "epochs": f"{len(run.metrics)}/{run.train.get('epochs', '?')}" if not run.finished else run.train.get("epochs", "?"),
+        # an unfinished run shows how far it got: "3/10"
+        "epochs": run.train.get("epochs", "?") if run.finished else f"{len(run.metrics)}/{run.train.get('epochs', '?')}",
         "best_epoch": run.best_epoch(),
         "clean": _pct(head.clean_accuracy if head and head.clean_accuracy is not None else s.get("clean_accuracy")),
         "robust": _pct(head.robust_accuracy) if head else None,

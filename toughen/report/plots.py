@@ -64,7 +64,8 @@ def training_curves(metrics: list[dict], *, best_epoch: int | None, guard_epochs
     ax_acc.set_ylim(-2, 102)
     for ax in (ax_loss, ax_acc):
         for i, e in enumerate(guard_epochs):
-            ax.axvline(e, color="#D55E00", ls=":", lw=1.5, label="guard intervened" if (ax is ax_acc and i == 0) else None)
+            first = ax is ax_acc and i == 0
+            ax.axvline(e, color="#D55E00", ls=":", lw=1.5, label="guard intervened" if first else None)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="#009E73", lw=2, alpha=0.6, label="best epoch" if ax is ax_acc else None)
         ax.grid(alpha=0.3)
