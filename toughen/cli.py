@@ -71,6 +71,9 @@ def train(
     overwrite: bool = typer.Option(False, help="Replace toughen's files in a non-empty --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object, no progress."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log each epoch to RUN_DIR/tensorboard."),
+    text_column: Optional[str] = typer.Option(None, help="Text data (csv:PATH, jsonl:PATH): the text column."),
+    label_column: Optional[str] = typer.Option(None, help="Text data: the label column."),
+    budget: Optional[int] = typer.Option(None, help="Text data: edits per text for the training attack."),
 ) -> None:
     """Train a model with an adversarial-training recipe and write a run directory."""
     from toughen.train import TrainConfig, train as run_train
@@ -89,6 +92,15 @@ def train(
         amp=amp, channels_last=channels_last,
     )
     values.update({k: v for k, v in flags.items() if v is not None})
+    text_flags = dict(text_column=text_column, label_column=label_column, budget=budget)
+    values.update({k: v for k, v in text_flags.items() if v is not None})
+    from toughen.text.data import is_text_data
+
+    if is_text_data(values.get("data")):  # text datasets train in toughen.text (see docs/text.md)
+        from toughen.text.cli import train_command
+
+        train_command(values, out_dir, overwrite=overwrite, json_out=json_out, device=device)
+        return
     cfg = TrainConfig.from_dict(values)
     logger = None
     if tensorboard:
@@ -111,7 +123,8 @@ def train(
 @app.command("eval")
 def eval_(
     run_dir: Path = typer.Argument(..., help="A run directory written by `toughen train`."),
-    attack: str = typer.Option("pgd", help="Attack: pgd or fgsm."),
+    attack: Optional[str] = typer.Option(None, help="Attack: pgd (default) or fgsm; for text runs char_obfuscate, "
+                                         "word_substitute, hotflip or embed_pgd."),
     eps: Optional[str] = typer.Option(None, help="Radius; default the run's training eps."),
     norm: Optional[str] = typer.Option(None, help="Norm; default the run's."),
     steps: int = typer.Option(20, help="PGD steps."),
@@ -122,9 +135,22 @@ def eval_(
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object, nothing else."),
+    budget: Optional[int] = typer.Option(None, help="Text runs: edits per text for the discrete attacks."),
 ) -> None:
     """Evaluate a trained run on its test split: clean and robust accuracy under one attack."""
-    result = _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, n, seed, device,
+    from toughen.runs import read_config
+
+    if read_config(run_dir).get("kind") == "text":
+        from toughen.text.cli import eval_command
+
+        eval_command(run_dir, json_out=json_out, attack=attack, budget=budget,
+                     eps=_parse_number(eps, "--eps") if eps is not None else None, norm=norm, steps=steps,
+                     step_size=_parse_number(step_size, "--step-size") if step_size is not None else None,
+                     n=n, seed=seed, device=device)
+        return
+    if budget is not None:
+        raise ToughenUsageError("--budget applies to text runs only; image attacks take --eps")
+    result = _evaluate_run(run_dir, attack or "pgd", eps, norm, steps, step_size, restarts, loss, n, seed, device,
                            progress=not json_out)
     if json_out:
         print(json.dumps(result))
@@ -203,6 +229,20 @@ def demo(
                                    None, 0, "cpu", progress=True)
             rows.append({"recipe": name, "train_seconds": summary["train_seconds"], **result})
     _print_table(f"demo: small_cnn on mnist5k, eps = 0.3 (L-inf), {rows[0]['n']} test digits", rows)
+
+
+@app.command("demo-text")
+def demo_text(
+    out_dir: Path = typer.Option(Path("runs/demo-text"), "--out", help="Where the text demo's runs go."),
+    budget: int = typer.Option(8, help="Character edits per text, for training and for the attack."),
+    epochs: int = typer.Option(8),
+    overwrite: bool = typer.Option(False, help="Replace an earlier demo in --out."),
+) -> None:
+    """Train char_cnn on the built-in prompt-injection set, standard and adversarially trained
+    (A2T-style char_obfuscate augmentation); compare clean accuracy and evasion success rate."""
+    from toughen.text.cli import demo as run_demo
+
+    run_demo(out_dir, budget=budget, epochs=epochs, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- report, sweep

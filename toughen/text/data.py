@@ -159,8 +159,8 @@ def load_text_data(
         texts, labels, split, class_names = TEXT_DATASETS.get(name)(None, text_column, label_column)
     if class_names is None:
         labels, class_names = _class_indices(labels, name)
-    if len(class_names) < 2:
-        raise ToughenUsageError(f"{name} has only one class ({class_names[0]!r}); a classifier needs two or more")
+    if len(set(labels)) < 2:
+        raise ToughenUsageError(f"{name} has only one class ({class_names[labels[0]]!r}); a classifier needs two or more")
     y = np.asarray(labels, dtype=np.int64)
     if split is not None and {"train", "test"} <= set(split):
         test_idx = np.array([i for i, s in enumerate(split) if s == "test"])

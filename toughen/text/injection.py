@@ -204,3 +204,12 @@ def generate(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
     order = list(range(n))
     rng.shuffle(order)
     return [texts[i] for i in order], [labels[i] for i in order]
+
+
+KEYWORDS = ("ignore", "instructions", "system prompt", "reveal", "disregard", "forget", "override", "you are now",
+            "previous", "rules", "password", "bypass")
+
+
+def keyword_filter(texts: list[str], keywords: tuple[str, ...] = KEYWORDS) -> list[int]:
+    """The baseline a learned detector must beat: 1 when any keyword occurs (case-insensitive)."""
+    return [int(any(k in t.lower() for k in keywords)) for t in texts]

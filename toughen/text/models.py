@@ -46,7 +46,7 @@ class CharCNN(nn.Module):
     positions. Bytes, not characters, so homoglyphs, emoji and zero-width characters all have a
     representation and nothing is out of vocabulary."""
 
-    def __init__(self, num_classes: int, dim: int = 32, channels: int = 96, widths: Sequence[int] = (3, 5, 7),
+    def __init__(self, num_classes: int, dim: int = 16, channels: int = 64, widths: Sequence[int] = (3, 5, 7),
                  max_len: int = 256, dropout: float = 0.2):
         super().__init__()
         self.max_len = max_len

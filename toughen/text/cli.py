@@ -1,0 +1,152 @@
+"""The text side of the command line. `toughen train` / `toughen eval` dispatch here when the data
+(``--data prompt_injection``, ``csv:PATH``, ``jsonl:PATH``) or the run directory is text:
+
+    toughen train --data prompt_injection --model char_cnn --recipe text_augment --budget 8 --out runs/pi_a2t
+    toughen eval runs/pi_a2t --attack char_obfuscate --budget 8 --json
+    toughen demo-text
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from toughen.errors import ToughenUsageError
+
+out = Console()
+err = Console(stderr=True)
+
+# TrainConfig flags that mean nothing for text; passing one is an error, not a silent no-op
+_IMAGE_ONLY = ("data_dir", "eps_warmup", "eval_steps", "amp", "channels_last")
+
+
+def train_command(values: dict[str, Any], out_dir: Path, *, overwrite: bool, json_out: bool, device: str) -> dict:
+    from toughen.text.train import TextTrainConfig, train_text
+
+    given = sorted(k for k in _IMAGE_ONLY if values.get(k) is not None)
+    if given:
+        raise ToughenUsageError(f"{', '.join('--' + k.replace('_', '-') for k in given)} do not apply to text data")
+    values = {k: v for k, v in values.items() if k not in _IMAGE_ONLY}
+    cfg = TextTrainConfig.from_dict(values)
+    summary = train_text(cfg, out_dir, overwrite=overwrite, progress=not json_out, device=device)
+    if json_out:
+        print(json.dumps(summary))
+    else:
+        print_table(str(out_dir), [summary])
+        print_examples(summary["examples"])
+    return summary
+
+
+def evaluate_run(run_dir: Path, *, attack: str | None, budget: int | None, eps: float | None, norm: str | None,
+                 steps: int, step_size: float | None, n: int | None, seed: int, device: str,
+                 n_examples: int = 5) -> dict:
+    """Evaluate a text run on its test split under one text attack; record it in evaluations.jsonl."""
+    from toughen.runs import read_config, record_evaluation
+    from toughen.text.attacks import DISCRETE, TEXT_ATTACKS
+    from toughen.text.data import load_text_data
+    from toughen.text.evaluation import evaluate_text_attack
+    from toughen.text.train import load_text_run
+    from toughen.train.loop import check_device
+
+    cfg = read_config(run_dir)["train"]
+    attack = attack or cfg["eval_attack"]
+    TEXT_ATTACKS.get(attack)
+    if n is not None and n < 1:
+        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    options: dict[str, Any] = {}
+    if attack in DISCRETE:
+        if eps is not None:
+            raise ToughenUsageError(f"{attack} counts edits: give --budget, not --eps")
+        size: float = budget if budget is not None else cfg["budget"]
+        if size < 0:
+            raise ToughenUsageError(f"--budget must be >= 0, got {size}")
+    else:
+        if budget is not None:
+            raise ToughenUsageError(f"{attack} is a radius on the embeddings: give --eps, not --budget")
+        size = eps if eps is not None else cfg["eps"]
+        options = {"norm": norm or cfg["norm"], "steps": steps, "step_size": step_size}
+    model = load_text_run(run_dir, device=check_device(device))
+    splits = load_text_data(cfg["data"], cfg["text_column"], cfg["label_column"], cfg["val_size"])
+    texts, y = splits.x_test[:n], splits.y_test[:n]
+    result = evaluate_text_attack(model, texts, y, attack, budget=size, options=options, seed=seed,
+                                  class_names=splits.class_names, n_examples=n_examples)
+    robust = result.pop("robust")
+    result["per_class_robust_accuracy"] = {
+        name: robust[y == c].float().mean().item() for c, name in enumerate(splits.class_names) if (y == c).any()
+    }
+    record_evaluation(run_dir, result)
+    return result
+
+
+def eval_command(run_dir: Path, *, json_out: bool, **kwargs) -> dict:
+    result = evaluate_run(run_dir, **kwargs)
+    if json_out:
+        print(json.dumps(result))
+    else:
+        print_table(str(run_dir), [result])
+        print_examples(result["examples"])
+    return result
+
+
+def demo(out_dir: Path, *, budget: int = 8, epochs: int = 8, overwrite: bool = False, n: int | None = None) -> list[dict]:
+    """Train char_cnn on prompt_injection twice, standard and with A2T-style augmentation
+    (char_obfuscate at ``budget``), and put side by side their clean accuracy and the success rate
+    of char_obfuscate at ``budget`` on the test texts."""
+    from toughen.text.train import TextTrainConfig, train_text
+
+    runs = {
+        "standard": TextTrainConfig(recipe="standard", epochs=epochs, budget=budget, val_n=100, eval_n=n),
+        "text_augment": TextTrainConfig(recipe="text_augment", epochs=epochs, budget=budget, max_candidates=8,
+                                        fraction=0.5, val_n=100, eval_n=n),
+    }
+    rows = []
+    for name, cfg in runs.items():
+        err.print(f"[bold]training[/] char_cnn, {name} ({cfg.epochs} epochs)")
+        summary = train_text(cfg, out_dir / name, overwrite=overwrite, progress=True)
+        rows.append(summary)
+    print_table(f"demo-text: char_cnn on prompt_injection, char_obfuscate with at most {budget} edits, "
+                f"{rows[0]['n_test']} test texts", rows)
+    std, adv = rows
+    ratio = adv["attack_success_rate"] / std["attack_success_rate"] if std["attack_success_rate"] else float("nan")
+    out.print(f"attack success rate, adversarially trained / standard: {ratio:.2f}; "
+              f"clean accuracy cost: {100 * (std['clean_accuracy'] - adv['clean_accuracy']):.1f} points")
+    print_examples(std["examples"][:3], title="standard model: successful evasions")
+    return rows
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    table = Table(title=title)
+    columns = [c for c in ("recipe", "attack", "robust_attack", "budget", "clean_accuracy", "robust_accuracy",
+                           "attack_success_rate", "mean_edits", "mean_queries", "n", "n_test", "train_seconds",
+                           "seconds") if any(c in r for r in rows)]
+    for c in columns:
+        table.add_column(c.replace("_", " "), justify="left" if c in ("recipe", "attack", "robust_attack") else "right")
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c, "")
+            if c.endswith(("accuracy", "rate")):
+                cells.append(f"{100 * v:.1f}%")
+            elif isinstance(v, float):
+                cells.append(f"{v:.3g}" if c == "budget" else f"{v:.1f}")
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
+    out.print(table)
+
+
+def print_examples(examples: list[dict], title: str = "examples") -> None:
+    if not examples:
+        return
+    table = Table(title=title, show_lines=True)
+    for c in ("original", "adversarial", "label", "now", "edits"):
+        table.add_column(c)
+    for e in examples:
+        # repr shows zero-width characters and homoglyph escapes that a terminal would hide
+        table.add_row(e["original"], ascii(e["adversarial"])[1:-1], e["label"] if isinstance(e["label"], str) else str(e["label"]),
+                      str(e["adversarial_prediction"]), str(e["edits"]))
+    out.print(table)
