@@ -164,7 +164,7 @@ def test_upcoming_fields_render_once_they_exist(two_runs, tmp_path):
         {"name": "gradient masking", "status": "pass", "evidence": "black-box weaker than white-box"}]}))
     page = build_report([run], tmp_path / "r.html", gallery=False).read_text()
     assert "catastrophic overfitting" in page and "best 1" in page and "×2.5" in page
-    assert "<b>12.3%</b>" in page and "suite standard" in page  # the suite is the headline
+    assert "<b>12.3%</b>" in page and "suite standard" in page and "square (in the suite): 30.0%" in page
     assert 'id="audit"' in page and "gradient masking" in page
     assert 'id="gallery"' not in page
 

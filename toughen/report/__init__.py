@@ -34,8 +34,9 @@ def _seconds(s: float | None) -> str:
 def _summary_row(run: RunRecord) -> dict[str, Any]:
     s = run.summary or {}
     head = run.headline()
-    others = [f"{r.attack}: {_pct(r.robust_accuracy)} (n={r.n})" for r in run.results_at_training_eps()
-              if r != head]
+    others = [f"{name} (in the suite): {_pct(acc)}" for name, acc in (head.per_attack if head else [])]
+    others += [f"{r.attack}{' (end of training)' if r.kind == 'train' else ''}: {_pct(r.robust_accuracy)} (n={r.n})"
+               for r in run.results_at_training_eps() if r != head]
     cost = s.get("cost_multiplier")
     return {
         "name": run.name,
@@ -50,7 +51,8 @@ def _summary_row(run: RunRecord) -> dict[str, Any]:
         "best_epoch": run.best_epoch(),
         "clean": _pct(head.clean_accuracy if head and head.clean_accuracy is not None else s.get("clean_accuracy")),
         "robust": _pct(head.robust_accuracy) if head else None,
-        "robust_attack": f"{head.attack}, n={head.n}" if head else "",
+        "robust_attack": f"{head.attack}{' (end of training)' if head.kind == 'train' else ''}, n={head.n}"
+        if head else "",
         "others": others,
         "train_time": _seconds(s.get("train_seconds")),
         "cost": f"×{cost:.2g}" if isinstance(cost, (int, float)) else "—",

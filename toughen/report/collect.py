@@ -167,7 +167,11 @@ class RunRecord:
         lines: list[tuple[str, list[tuple[float, float]]]] = []
         suite_curves = [r for r in self.results() if r.kind == "suite" and len(r.curve) >= 2]
         if suite_curves:
-            lines.append((suite_curves[-1].attack, sorted(suite_curves[-1].curve)))
+            suite = suite_curves[-1]
+            points = sorted(suite.curve)
+            if suite.clean_accuracy is not None and points[0][0] > 0:
+                points.insert(0, (0.0, suite.clean_accuracy))
+            lines.append((suite.attack, points))
         by_attack: dict[tuple[str, str], list[Result]] = {}
         for r in self.results():
             if r.kind != "suite":
