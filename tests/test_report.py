@@ -184,12 +184,21 @@ def test_report_rejects_a_directory_that_is_not_a_run(tmp_path):
         build_report([tmp_path], tmp_path / "r.html")
 
 
-def test_report_command_writes_the_page(two_runs, tmp_path):
+def test_report_command_writes_the_page(two_runs, tmp_path, monkeypatch, capsys):
+    from toughen.cli import main
+
     out = tmp_path / "cli.html"
-    proc = subprocess.run([sys.executable, "-m", "toughen", "report", *map(str, two_runs), "--out", str(out),
-                           "--gallery-n", "2", "--gallery-steps", "1"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    args = ["toughen", "report", *map(str, two_runs), "--out", str(out), "--gallery-n", "2", "--gallery-steps", "1"]
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0, capsys.readouterr().err
+    assert f"wrote {out}" in capsys.readouterr().out
     assert out.is_file() and 'id="tradeoff"' in out.read_text()
+    monkeypatch.setattr(sys, "argv", ["toughen", "report", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2 and "is not a directory" in capsys.readouterr().err
 
 
 def test_pareto_front_keeps_exactly_the_undominated_points():
