@@ -4,10 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toughen.attacks import Attack, fgsm, get_attack, list_attacks, pgd
+from toughen.attacks import Attack, fgsm, list_attacks, pgd
 from toughen.errors import ToughenUsageError
 
 CASES = [("linf", 0.1), ("l2", 1.0)]
+# Smaller budgets than the defaults, to keep the contract test fast; the attacks' own tests use more.
+CONTRACT_OPTIONS = {"apgd": {"steps": 20}, "square": {"n_queries": 150}}
 
 
 def _norm(t, norm):
@@ -21,7 +23,7 @@ def test_attack_contract(name, norm, eps, robust_model, test_batch):
     x, y = test_batch
     model = robust_model
     model.eval()
-    attack = get_attack(name)
+    attack = Attack(name, CONTRACT_OPTIONS.get(name, {}))
     grads_before = [p.grad for p in model.parameters()]
     x_adv = attack(model, x, y, eps=eps, norm=norm, bounds=(0.0, 1.0), generator=torch.Generator().manual_seed(1))
 
@@ -51,7 +53,8 @@ def test_attack_keeps_train_mode(name, robust_model, test_batch):
     x, y = test_batch
     robust_model.train()
     try:
-        get_attack(name)(robust_model, x[:8], y[:8], eps=0.1, norm="linf", bounds=(0.0, 1.0), generator=None)
+        Attack(name, CONTRACT_OPTIONS.get(name, {}))(robust_model, x[:8], y[:8], eps=0.1, norm="linf",
+                                                      bounds=(0.0, 1.0), generator=None)
         assert robust_model.training
     finally:
         robust_model.eval()

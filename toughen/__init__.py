@@ -10,10 +10,11 @@ __version__ = "0.1.0"
 from toughen import attacks, data, models, threat  # noqa: E402
 from toughen.attacks import fgsm, list_attacks, pgd  # noqa: E402
 from toughen.data import list_datasets, load_data  # noqa: E402
+from toughen.evaluation.suite import evaluate  # noqa: E402
 from toughen.models import build_model, list_models  # noqa: E402
 from toughen.runs import load  # noqa: E402
 
 __all__ = [
-    "attacks", "build_model", "data", "fgsm", "list_attacks", "list_datasets", "list_models", "load",
+    "attacks", "build_model", "data", "evaluate", "fgsm", "list_attacks", "list_datasets", "list_models", "load",
     "load_data", "models", "pgd", "threat",
 ]

@@ -136,8 +136,13 @@ def eval_(
     device: str = typer.Option("cpu"),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object, nothing else."),
     budget: Optional[int] = typer.Option(None, help="Text runs: edits per text for the discrete attacks."),
+    suite: Optional[str] = typer.Option(None, help="Worst case over an attack suite: quick, standard or thorough "
+                                        "(see docs/evaluation.md). Replaces --attack."),
+    eps_sweep: Optional[str] = typer.Option(None, help="Also a robustness curve: comma-separated eps values, "
+                                            "e.g. 0.1,0.2,0.3 or 2/255,4/255,8/255."),
 ) -> None:
-    """Evaluate a trained run on its test split: clean and robust accuracy under one attack."""
+    """Evaluate a trained run on its test split: clean and robust accuracy under one attack, or the
+    worst case over an attack suite (--suite), optionally over a list of eps (--eps-sweep)."""
     from toughen.runs import read_config
 
     if read_config(run_dir).get("kind") == "text":
@@ -150,6 +155,25 @@ def eval_(
         return
     if budget is not None:
         raise ToughenUsageError("--budget applies to text runs only; image attacks take --eps")
+    if suite is not None or eps_sweep is not None:
+        from toughen.evaluation.run_eval import evaluate_run_suite
+
+        if suite is not None and attack is not None:
+            raise ToughenUsageError("give --suite or --attack, not both")
+        sweep = [_parse_number(e.strip(), "--eps-sweep") for e in eps_sweep.split(",")] if eps_sweep else None
+        result = evaluate_run_suite(
+            run_dir, suite=suite, attack=attack or "pgd", steps=steps, restarts=restarts, loss=loss,
+            eps=_parse_number(eps, "--eps") if eps is not None else None, norm=norm, n=n, seed=seed,
+            device=device, eps_sweep=sweep, progress=not json_out,
+        )
+        if json_out:
+            print(json.dumps(result))
+        else:
+            _print_table(str(run_dir), [{"attack": r["attack"], "robust_accuracy": r["robust_accuracy"],
+                                         "seconds": r["seconds"]} for r in result["per_attack"]] + [result])
+            for row in result.get("curve", []):
+                out.print(f"eps {row['eps']:.4g}: robust accuracy {100 * row['robust_accuracy']:.1f}%")
+        return
     result = _evaluate_run(run_dir, attack or "pgd", eps, norm, steps, step_size, restarts, loss, n, seed, device,
                            progress=not json_out)
     if json_out:

@@ -14,11 +14,15 @@ from torch import nn
 
 from toughen._registry import Registry
 from toughen.attacks.losses import margin
+from toughen.attacks.apgd import apgd
 from toughen.attacks.pgd import fgsm, pgd
+from toughen.attacks.square import square
 
 ATTACKS: Registry[Callable[..., torch.Tensor]] = Registry("attack")
 ATTACKS.register("fgsm")(fgsm)
 ATTACKS.register("pgd")(pgd)
+ATTACKS.register("apgd")(apgd)
+ATTACKS.register("square")(square)
 
 
 def list_attacks() -> list[str]:
@@ -52,4 +56,4 @@ class Attack:
         return ATTACKS.get(self.name)(model, x, y, **threat, **self.options)
 
 
-__all__ = ["Attack", "ATTACKS", "fgsm", "get_attack", "list_attacks", "margin", "pgd"]
+__all__ = ["Attack", "ATTACKS", "apgd", "fgsm", "get_attack", "list_attacks", "margin", "pgd", "square"]

@@ -2,5 +2,9 @@
 
 from toughen.evaluation.accuracy import attack_correct, clean_correct
 from toughen.evaluation.attack_eval import evaluate_attack
+from toughen.evaluation.suite import SUITES, evaluate, evaluate_loader, list_suites, robustness_curve
 
-__all__ = ["attack_correct", "clean_correct", "evaluate_attack"]
+__all__ = [
+    "SUITES", "attack_correct", "clean_correct", "evaluate", "evaluate_attack", "evaluate_loader", "list_suites",
+    "robustness_curve",
+]

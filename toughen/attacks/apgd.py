@@ -1,0 +1,235 @@
+"""Auto-PGD (Croce and Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble
+of diverse parameter-free attacks"): PGD with momentum and a step size that adapts per example,
+so no step size has to be tuned and a fixed budget is spent well.
+
+The algorithm, per example (section 3 of the paper):
+
+    x1 = P(x0 + eta * d(x0));  x_{k+1} = P(x_k + a (z_{k+1} - x_k) + (1 - a)(x_k - x_{k-1})),
+    z_{k+1} = P(x_k + eta * d(x_k)),  a = 0.75,  eta starts at 2 eps,
+
+where d is sign(grad) for L-inf and grad / ||grad||_2 for L2 and P projects onto the ball and
+the data bounds. At the checkpoints w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22,
+p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), eta is halved (and the iterate restarts from the
+best point found) when fewer than rho = 75% of the steps since the last checkpoint raised the
+loss, or when eta was not halved at the last checkpoint and the best loss has not improved since.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toughen import threat
+from toughen.attacks.pgd import _check_inputs
+from toughen.errors import ToughenUsageError
+
+APGD_LOSSES = ("ce", "dlr")
+
+
+def dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """The difference-of-logits-ratio loss of Croce and Hein (2020), higher = worse for the model.
+
+    Untargeted: -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), with z_pi the sorted logits.
+    Targeted at t: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2). Dividing by a difference of
+    logits makes the loss invariant to shifting and rescaling the logits, so a model whose logits
+    are multiplied by a large constant (a saturated softmax) cannot hide behind flat gradients.
+    """
+    z = logits.float()
+    k = z.shape[1]
+    if k < (4 if target is not None else 3):
+        raise ToughenUsageError(
+            f"the DLR loss needs at least {4 if target is not None else 3} classes, the model has {k}; "
+            "use loss='ce'"
+        )
+    srt = z.sort(dim=1, descending=True).values
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    if target is None:
+        others = z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+        return -(z_y - others) / (srt[:, 0] - srt[:, 2] + 1e-12)
+    z_t = z.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (srt[:, 0] - 0.5 * (srt[:, 2] + srt[:, 3]) + 1e-12)
+
+
+def _loss_fn(loss: str):
+    if loss == "ce":
+        def ce(z, y, t):
+            # Targeted CE: maximize -CE(z, t), i.e. raise the target's probability.
+            return -F.cross_entropy(z.float(), t, reduction="none") if t is not None else F.cross_entropy(
+                z.float(), y, reduction="none")
+        return ce
+    if loss == "dlr":
+        return dlr
+    raise ToughenUsageError(f"unknown APGD loss {loss!r}; choose one of: {', '.join(APGD_LOSSES)}")
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations w_j = ceil(p_j * steps) at which APGD may halve its step size."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    marks = sorted({math.ceil(q * steps) for q in p[1:] if math.ceil(q * steps) < steps})
+    return [w for w in marks if w > 0]
+
+
+def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss_of, bounds, generator):
+    """One APGD run on a batch. Returns (x_out, fooled): per example the first input that fooled
+    the model, else the input of highest loss. Fooled examples leave the batch at once: their
+    answer is fixed and attacking them further only costs time."""
+    n = len(x)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    out, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
+
+    # Random start on the sphere of the ball (the paper's choice: a large first perturbation).
+    if norm == "linf":
+        t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+        t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(shape)
+    else:
+        t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        t = t / t.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+    delta = threat.clamp_to_bounds(x, eps * t, bounds)
+
+    def value_and_grad(xs, ys, ts, d):
+        d = d.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(xs + d)
+            value = loss_of(logits, ys, ts)
+            (g,) = torch.autograd.grad(value.sum(), d)
+        return value.detach(), g, logits.detach().argmax(1) != ys
+
+    marks = set(checkpoints(steps))
+    s = {  # per-example state, compacted together as examples get fooled
+        "idx": torch.arange(n, device=x.device), "x": x, "y": y, "t": target, "delta": delta,
+        "prev": delta.clone(), "eta": torch.full((n,), 2 * eps, device=x.device, dtype=x.dtype),
+    }
+    value, grad, wrong = value_and_grad(x, y, target, delta)
+    s.update(grad=grad, value=value, best=value.clone(), best_delta=delta.clone(), best_grad=grad.clone(),
+             best_at_check=value.clone(), halved_at_check=torch.ones(n, dtype=torch.bool, device=x.device),
+             n_up=torch.zeros(n, device=x.device))
+    last_mark = 0
+    for i in range(1, steps):
+        if wrong.any():  # record the fooling inputs and drop those examples
+            out[s["idx"][wrong]] = (s["x"] + s["delta"])[wrong]
+            fooled[s["idx"][wrong]] = True
+            keep = ~wrong
+            s = {k: (v[keep] if v is not None else None) for k, v in s.items()}
+            if len(s["idx"]) == 0:
+                break
+        eta = s["eta"].view(shape)
+        d, xs = s["delta"], s["x"]
+        z = threat.clamp_to_bounds(xs, threat.project(d + eta * threat.ascent_direction(s["grad"], norm), eps, norm),
+                                   bounds)
+        a = 0.75 if i > 1 else 1.0  # the first step has no momentum
+        new = d + a * (z - d) + (1 - a) * (d - s["prev"])
+        new = threat.clamp_to_bounds(xs, threat.project(new, eps, norm), bounds)
+        s["prev"] = d
+        value, grad, wrong = value_and_grad(xs, s["y"], s["t"], new)
+        s["n_up"] += (value > s["value"]).float()
+        s["delta"], s["value"], s["grad"] = new, value, grad
+        better = value > s["best"]
+        s["best"] = torch.where(better, value, s["best"])
+        s["best_delta"][better] = new[better]
+        s["best_grad"][better] = grad[better]
+
+        if i in marks:
+            span = i - last_mark
+            too_few_up = s["n_up"] < rho * span
+            stalled = ~s["halved_at_check"] & (s["best"] <= s["best_at_check"])
+            halve = too_few_up | stalled
+            s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
+            # Restart the halved ones from their best point, with its gradient, and no momentum.
+            s["delta"][halve] = s["best_delta"][halve]
+            s["grad"][halve] = s["best_grad"][halve]
+            s["prev"] = torch.where(halve.view(shape), s["delta"], s["prev"])
+            s["halved_at_check"], s["best_at_check"] = halve, s["best"].clone()
+            s["n_up"].zero_()
+            last_mark = i
+    if wrong.any():
+        out[s["idx"][wrong]] = (s["x"] + s["delta"])[wrong]
+        fooled[s["idx"][wrong]] = True
+    rest = ~wrong
+    out[s["idx"][rest]] = (s["x"] + s["best_delta"])[rest]
+    return out, fooled
+
+
+def apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 100,
+    restarts: int = 1,
+    loss: str = "ce",
+    n_target_classes: int = 0,
+    rho: float = 0.75,
+    bounds: threat.Bounds = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """APGD (Croce and Hein 2020), untargeted or targeted at the top-k other classes.
+
+    Args:
+        model: maps inputs in ``bounds`` to logits. Its train/eval mode is left as it is.
+        x: inputs ``(N, ...)`` inside ``bounds``; the result has their device and dtype.
+        y: int64 labels ``(N,)``.
+        eps: radius of the L-inf or L2 ball, in data units.
+        steps: forward-backward passes per run (the paper's N_iter; 100 in AutoAttack).
+        restarts: runs from fresh random starts; each runs only on the examples not yet fooled.
+        loss: "ce" (cross-entropy) or "dlr" (difference of logits ratio, scale invariant).
+        n_target_classes: 0 for the untargeted attack. k > 0 runs the targeted attack once per
+            each of the k classes the model ranks highest after the true one (at the clean input),
+            each run on the examples still not fooled: AutoAttack's APGD-T (k = 9, loss "dlr").
+            Success is still misclassification: the target only steers the search.
+        rho: the fraction of loss-raising steps below which the step size is halved.
+        generator: randomness for the random starts; the global generator when None.
+
+    Returns:
+        ``x_adv`` detached, inside the eps-ball and ``bounds``: per example an input that fools the
+        model if one was found, else the one of highest loss.
+
+    Example:
+        >>> x_adv = apgd(model, x, y, eps=8 / 255)                                  # APGD-CE
+        >>> x_adv = apgd(model, x, y, eps=8 / 255, loss="dlr", n_target_classes=9)  # APGD-T
+    """
+    _check_inputs(x, y, None)
+    threat.check_eps(eps, norm, bounds)
+    if int(steps) != steps or steps < 1:
+        raise ToughenUsageError(f"steps must be a whole number >= 1, got {steps}")
+    if restarts < 1:
+        raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
+    if not 0 < rho <= 1:
+        raise ToughenUsageError(f"rho must be in (0, 1], got {rho}")
+    if n_target_classes < 0:
+        raise ToughenUsageError(f"n_target_classes must be >= 0, got {n_target_classes}")
+    loss_fn = _loss_fn(loss)
+    x = x.detach()
+    out = x.clone()
+    with torch.no_grad():
+        logits = model(x)
+    fooled = logits.argmax(1) != y  # already wrong: the clean input is its own adversarial example
+    if n_target_classes:
+        ranked = logits.float().scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
+        n_target_classes = min(n_target_classes, logits.shape[1] - 1)
+        targets = [ranked[:, j] for j in range(n_target_classes)]
+    else:
+        targets = [None]
+    best_value = torch.full((len(x),), float("-inf"), device=x.device)
+    for t_all in targets:
+        for _ in range(restarts):
+            todo = (~fooled).nonzero().squeeze(1)
+            if len(todo) == 0:
+                return out
+            t = t_all[todo] if t_all is not None else None
+            x_run, f_run = _apgd_run(model, x[todo], y[todo], t, eps=eps, norm=norm, steps=int(steps), rho=rho,
+                                     loss_of=loss_fn, bounds=bounds, generator=generator)
+            # Among runs that did not fool, keep the input of highest untargeted loss.
+            with torch.no_grad():
+                v = loss_fn(model(x_run), y[todo], None).float()
+            take = f_run | (v > best_value[todo])
+            best_value[todo[take]] = v[take]
+            out[todo[take]] = x_run[take]
+            fooled[todo[f_run]] = True
+    return out
