@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # a multi-GB CUDA build. Override on a GPU machine: make test TORCH_SPEC='torch>=2.4'
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-text test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/toughen demo --out runs/demo --overwrite
+
+# char_cnn on the built-in prompt-injection set: standard vs adversarially trained (A2T-style)
+demo-text: $(STAMP)
+	$(VENV)/bin/toughen demo-text --out runs/demo-text --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x
