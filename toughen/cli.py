@@ -278,7 +278,7 @@ def report(
         None, "--out", help="HTML file to write; default RUN_DIR/report.html for one directory, else report.html."
     ),
     gallery: bool = typer.Option(True, help="Attack a few test inputs of each run for the example gallery."),
-    gallery_n: int = typer.Option(8, help="Test inputs in each run's gallery."),
+    gallery_n: int = typer.Option(10, help="Test inputs in each run's gallery (one per class in turn)."),
     gallery_steps: int = typer.Option(20, help="PGD steps for the gallery's adversarial examples."),
     device: str = typer.Option("cpu", help="Device for the gallery's attack."),
 ) -> None:

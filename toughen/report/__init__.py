@@ -109,7 +109,7 @@ def build_report(
     out: str | Path,
     *,
     gallery: bool = True,
-    gallery_n: int = 8,
+    gallery_n: int = 10,
     gallery_steps: int = 20,
     device: str = "cpu",
     title: str | None = None,

@@ -37,10 +37,10 @@ table.compact td.num, table.compact th.num { min-width: 110px; }
 .small { font-size: 11.5px; color: #555; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 540px), 1fr)); gap: 10px 18px; }
 .cards { display: flex; flex-wrap: wrap; gap: 8px; }
-.card { border: 1px solid #ddd; border-radius: 5px; padding: 6px; font-size: 11.5px; width: 246px; background: #fcfcfb; }
+.card { border: 1px solid #ddd; border-radius: 5px; padding: 6px; font-size: 11.5px; width: 208px; background: #fcfcfb; }
 .tiles { display: flex; gap: 4px; }
 .tiles figure { margin: 0; text-align: center; font-size: 10.5px; color: #666; }
-.tiles img { width: 76px; height: 76px; image-rendering: pixelated; border: 1px solid #ccc; display: block; }
+.tiles img { width: 64px; height: 64px; image-rendering: pixelated; border: 1px solid #ccc; display: block; }
 .ok { color: #00734d; } .bad { color: #b3261e; font-weight: 600; }
 .verdict { display: inline-block; padding: 2px 10px; border-radius: 12px; font-weight: 600; background: #eee; }
 .status-pass, .verdict-pass, .verdict-robust { background: #d9f2e4; color: #00734d; }

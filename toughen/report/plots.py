@@ -141,8 +141,9 @@ def tradeoff(points: list[dict]) -> str:
     xs = [100 * p["clean"] for p in points]
     ys = [100 * p["robust"] for p in points]
     pad = 4
-    ax.set_xlim(max(-2, min(xs) - pad), min(102, max(xs) + pad + 0.35 * (max(xs) - min(xs) + 10)))
-    ax.set_ylim(max(-2, min(ys) - pad), min(102, max(ys) + pad))
+    # room on the right for the labels, but no axis past 100%
+    ax.set_xlim(max(-1, min(xs) - pad), min(100.5, max(xs) + pad + 0.3 * (max(xs) - min(xs) + 10)))
+    ax.set_ylim(max(-1, min(ys) - pad), min(100.5, max(ys) + pad))
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("robust accuracy (%)")
     ax.grid(alpha=0.3)
