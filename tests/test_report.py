@@ -250,3 +250,16 @@ def test_gallery_takes_one_example_per_class_in_turn(digits):
     classes = digits.y_test[idx].tolist()
     assert sorted(classes[:10]) == list(range(10)) and sorted(classes[10:20]) == list(range(10))
     assert idx[0] == (digits.y_test == digits.y_test[idx[0]]).nonzero()[0].item()  # the first of its class
+
+
+def test_train_tensorboard_flag_fails_before_training_when_missing(monkeypatch, capsys, tmp_path):
+    from toughen.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    monkeypatch.setattr(sys, "argv", ["toughen", "train", "--data", "digits", "--out", str(tmp_path / "r"),
+                                      "--tensorboard"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert "pip install 'toughen[tensorboard]'" in capsys.readouterr().err  # brackets not eaten as markup
+    assert not (tmp_path / "r").exists()
