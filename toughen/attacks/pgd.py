@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -29,6 +31,23 @@ class _WorstCase:
         self.value[chosen] = value[better]
 
 
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_for(x: torch.Tensor, amp: str | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``amp`` ("bf16" or "fp16") on x's device; a no-op when amp is None."""
+    if amp is None:
+        return contextlib.nullcontext()
+    if amp not in _AMP_DTYPES:
+        raise ToughenUsageError(f"unknown amp {amp!r}; choose bf16 or fp16 (or None for fp32)")
+    return torch.autocast(x.device.type, dtype=_AMP_DTYPES[amp])
+
+
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Switch autocast off: who counts as fooled is decided in the model's own precision."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _check_inputs(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
     if not x.is_floating_point():
         raise ToughenUsageError(f"x must be a floating-point tensor in the data bounds, got {x.dtype}")
@@ -54,6 +73,7 @@ def pgd(
     bounds: threat.Bounds = (0.0, 1.0),
     keep_best: bool = True,
     early_stop: bool = False,
+    amp: str | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Projected gradient ascent on the loss inside an eps-ball (Madry et al. 2018,
@@ -76,6 +96,10 @@ def pgd(
         early_stop: stop attacking an example as soon as it is fooled (its fooling input is
             returned). Robust accuracy is unchanged and evaluation is much cheaper; the loss of
             fooled examples is then not pushed higher.
+        amp: "bf16" or "fp16" runs the forward and backward passes under autocast (about 2x faster
+            on CPUs with bf16 instructions and on GPUs); the perturbation stays in x's dtype, and
+            an example is only counted as fooled (for early_stop and the final choice) after a
+            check in full precision.
         generator: the source of randomness for the random start; the global one when None.
 
     Returns:
@@ -111,12 +135,18 @@ def pgd(
             delta = torch.zeros_like(xs)
         for _ in range(steps):
             delta.requires_grad_(True)
-            with torch.enable_grad():
+            with torch.enable_grad(), autocast_for(x, amp):
                 logits = model(xs + delta)
                 value = value_of(logits)
                 # Gradient with respect to delta only: nothing accumulates on the parameters.
                 (grad,) = torch.autograd.grad(value.sum(), delta)
             success = is_successful(logits, ys, ts)
+            if amp is not None and track and success.any():
+                # Low-precision logits can be wrong near the decision boundary: confirm in full.
+                with torch.no_grad(), full_precision(x):
+                    success[success.clone()] = is_successful(
+                        model((xs + delta)[success]), ys[success], ts[success] if ts is not None else None
+                    )
             if track:
                 worst.update(idx, xs + delta, success, value)
             delta = threat.step(xs, delta.detach(), grad, step_size, eps, norm, bounds)
@@ -131,7 +161,7 @@ def pgd(
             continue
         if not track:  # one run, last iterate: Madry's training attack, no extra forward pass
             return (xs + delta).detach()
-        with torch.no_grad():
+        with torch.no_grad(), (full_precision(x) if amp is not None else contextlib.nullcontext()):
             logits = model(xs + delta)
         worst.update(idx, xs + delta, is_successful(logits, ys, ts), value_of(logits))
     return worst.x
