@@ -157,14 +157,17 @@ def test_upcoming_fields_render_once_they_exist(two_runs, tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "best_epoch": 1, "cost_multiplier": 2.5}))
+    per_attack = [{"attack": "apgd-ce", "robust_accuracy": 0.3, "seconds": 1.0},  # as toughen.evaluate writes it
+                  {"attack": "square", "robust_accuracy": 0.123, "seconds": 2.0}]
     record_evaluation(run, {"suite": "standard", "eps": 0.1, "norm": "linf", "clean_accuracy": 0.8,
-                            "robust_accuracy": 0.123, "n": 100, "per_attack": {"apgd-ce": 0.2, "square": 0.3},
+                            "robust_accuracy": 0.123, "n": 100, "per_attack": per_attack, "attack": "suite:standard",
                             "curve": [{"eps": 0.05, "robust_accuracy": 0.5}, {"eps": 0.1, "robust_accuracy": 0.123}]})
-    (run / "audit.json").write_text(json.dumps({"verdict": "pass", "checks": [
-        {"name": "gradient masking", "status": "pass", "evidence": "black-box weaker than white-box"}]}))
+    (run / "audit.json").write_text(json.dumps({"verdict": "suspicious", "checks": [
+        {"name": "gradient masking", "status": "suspicious", "evidence": "black-box stronger than white-box"}]}))
     page = build_report([run], tmp_path / "r.html", gallery=False).read_text()
+    assert 'class="verdict verdict-suspicious"' in page
     assert "catastrophic overfitting" in page and "best 1" in page and "×2.5" in page
-    assert "<b>12.3%</b>" in page and "suite standard" in page and "square (in the suite): 30.0%" in page
+    assert "<b>12.3%</b>" in page and "suite standard" in page and "after apgd-ce: 30.0%" in page
     assert 'id="audit"' in page and "gradient masking" in page
     assert 'id="gallery"' not in page
 

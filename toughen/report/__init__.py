@@ -34,7 +34,8 @@ def _seconds(s: float | None) -> str:
 def _summary_row(run: RunRecord) -> dict[str, Any]:
     s = run.summary or {}
     head = run.headline()
-    others = [f"{name} (in the suite): {_pct(acc)}" for name, acc in (head.per_attack if head else [])]
+    # a suite's per-attack numbers are cumulative: robust accuracy left after each attack in order
+    others = [f"after {name}: {_pct(acc)}" for name, acc in (head.per_attack if head else [])]
     others += [f"{r.attack}{' (end of training)' if r.kind == 'train' else ''}: {_pct(r.robust_accuracy)} (n={r.n})"
                for r in run.results_at_training_eps() if r != head]
     cost = s.get("cost_multiplier")

@@ -269,7 +269,9 @@ def _result_from_row(row: dict[str, Any], eps: float | None, norm: str) -> Resul
             robust = min(acc for _, acc in per_attack)  # an upper bound on the per-example worst case
         if robust is None:
             return None
-        return Result("suite", f"suite {row['suite']}", float(row.get("eps", eps or 0)), str(row.get("norm", norm)),
+        # `toughen eval --eps-sweep` without --suite records a one-attack "custom" suite
+        label = f"suite {row['suite']}" if row["suite"] != "custom" else short_attack(str(row.get("attack", "custom")))
+        return Result("suite", label, float(row.get("eps", eps or 0)), str(row.get("norm", norm)),
                       _number(row.get("clean_accuracy")), robust, row.get("n"), _per_class(row), per_attack, curve)
     robust = _number(row.get("robust_accuracy"))
     if robust is None or "eps" not in row:

@@ -42,10 +42,11 @@ table.compact td.num, table.compact th.num { min-width: 110px; }
 .tiles figure { margin: 0; text-align: center; font-size: 10.5px; color: #666; }
 .tiles img { width: 64px; height: 64px; image-rendering: pixelated; border: 1px solid #ccc; display: block; }
 .ok { color: #00734d; } .bad { color: #b3261e; font-weight: 600; }
-.verdict { display: inline-block; padding: 2px 10px; border-radius: 12px; font-weight: 600; background: #eee; }
-.status-pass, .verdict-pass, .verdict-robust { background: #d9f2e4; color: #00734d; }
-.status-fail, .verdict-fail, .verdict-not-robust { background: #fbe0de; color: #b3261e; }
-.status-warn, .verdict-warn, .verdict-inconclusive { background: #fff1cc; color: #7a5900; }
+.verdict { display: inline-block; padding: 2px 10px; border-radius: 12px; font-weight: 600; background: #eee; white-space: nowrap; }
+td.word { overflow-wrap: break-word; min-width: 12em; }
+.status-pass, .verdict-pass { background: #d9f2e4; color: #00734d; }
+.status-fail, .verdict-fail, .status-suspicious, .verdict-suspicious { background: #fbe0de; color: #b3261e; }
+.status-warn, .verdict-warn { background: #fff1cc; color: #7a5900; }
 ul.events { margin: 2px 0 0; padding-left: 18px; font-size: 12.5px; }
 </style>
 </head>
@@ -89,7 +90,7 @@ a suite was run); the attack and the number of test examples are named next to i
 <table>
 <thead><tr><th>Check</th><th>Status</th><th>Evidence</th></tr></thead>
 <tbody>
-{% for c in a.checks %}<tr><td>{{ c.name }}</td><td><span class="verdict status-{{ c.status_class }}">{{ c.status }}</span></td><td class="small">{{ c.evidence }}</td></tr>
+{% for c in a.checks %}<tr><td class="word">{{ c.name }}</td><td><span class="verdict status-{{ c.status_class }}">{{ c.status }}</span></td><td class="small">{{ c.evidence }}</td></tr>
 {% endfor %}
 </tbody>
 </table>
