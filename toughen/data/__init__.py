@@ -10,5 +10,6 @@ from __future__ import annotations
 from toughen.data.splits import DATASETS, Dataset, Splits, list_datasets, load_data
 from toughen.data import builtin as _builtin  # noqa: F401  (registers mnist5k, digits)
 from toughen.data import files as _files  # noqa: F401  (registers mnist, cifar10)
+from toughen.data import imagefolder as _imagefolder  # noqa: F401  (registers imagefolder)
 
 __all__ = ["DATASETS", "Dataset", "Splits", "list_datasets", "load_data"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -80,20 +81,34 @@ def stratified_split(y: np.ndarray, size: int | float, seed: int) -> tuple[np.nd
 
 
 def load_data(
-    name: str, data_dir: str | Path | None = None, val_size: int | float = 0.1, download: bool = False
+    name: str,
+    data_dir: str | Path | None = None,
+    val_size: int | float = 0.1,
+    download: bool = False,
+    options: dict | None = None,
 ) -> Splits:
     """Load a registered dataset and carve a stratified validation split from its training split.
 
     Args:
-        name: one of :func:`list_datasets` ("mnist5k", "digits", "mnist", "cifar10").
+        name: one of :func:`list_datasets` ("mnist5k", "digits", "mnist", "cifar10", "imagefolder").
         data_dir: directory holding the files, for datasets read from files.
         val_size: validation examples, a count (>= 1) or a fraction of the training split (< 1).
         download: allow a download (needs torchvision) when the files are missing.
+        options: the dataset's own keyword options, e.g. ``{"resize": 64}`` for "imagefolder".
     """
     loader = DATASETS.get(name)
+    options = dict(options or {})
+    if options:
+        accepted = [p for p in inspect.signature(loader).parameters if p not in ("data_dir", "download")]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ToughenUsageError(
+                f"dataset {name!r} has no option {', '.join(unknown)}; "
+                f"its options: {', '.join(accepted) or 'none'}"
+            )
     if val_size <= 0 or (val_size >= 1 and not float(val_size).is_integer()):
         raise ToughenUsageError(f"val_size must be a count >= 1 or a fraction in (0, 1), got {val_size}")
-    data = loader(Path(data_dir) if data_dir is not None else None, download)
+    data = loader(Path(data_dir) if data_dir is not None else None, download, **options)
     n_classes = data.num_classes
     size = int(val_size) if val_size >= 1 else float(val_size)
     if isinstance(size, int) and not n_classes <= size < len(data.y_train):
