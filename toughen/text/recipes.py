@@ -67,7 +67,7 @@ def text_augment(model, texts, y, ctx: TextRecipeContext) -> StepOutput:
     loss = F.cross_entropy(logits, y)
     if n_adv == 0 or ctx.budget == 0:
         return StepOutput(loss, clean_logits=logits)
-    pick = torch.randperm(len(texts), generator=ctx.generator)[:n_adv].tolist()
+    pick = sorted(torch.randperm(len(texts), generator=ctx.generator)[:n_adv].tolist())
     attack = TEXT_ATTACKS.get(ctx.attack)
     res = attack(model, [texts[i] for i in pick], y[pick], budget=ctx.budget, generator=ctx.generator,
                  **ctx.attack_options)

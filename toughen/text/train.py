@@ -155,9 +155,11 @@ def fit_text(model, splits: TextSplits, cfg: TextTrainConfig, *, metrics_path: P
             if out.clean_logits is not None:
                 clean_hits += (out.clean_logits.argmax(1) == y).sum().item()
                 clean_seen += len(y)
-            if out.adv_logits is not None:
-                adv_hits += (out.adv_logits.argmax(1) == y[: len(out.adv_logits)]).sum().item()
-                adv_seen += len(out.adv_logits)
+            # text_augment attacks only part of the batch; its adversarial logits then match no
+            # prefix of y, so the running robust accuracy is kept only for whole-batch attacks
+            if out.adv_logits is not None and len(out.adv_logits) == len(y):
+                adv_hits += (out.adv_logits.argmax(1) == y).sum().item()
+                adv_seen += len(y)
         train_seconds = time.perf_counter() - start
         model.eval()
         val = evaluate_text_attack(model, splits.x_val[: cfg.val_n], splits.y_val[: cfg.val_n], cfg.eval_attack,
