@@ -226,6 +226,48 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
     return result
 
 
+# ----------------------------------------------------------------------------- audit
+
+@app.command()
+def audit(
+    run_dir: Optional[Path] = typer.Argument(None, help="A run directory; or give --model, --data and --eps."),
+    model: Optional[str] = typer.Option(None, help="MODULE:FUNCTION returning an nn.Module on [0, 1] inputs, or "
+                                        "a registered model name with --weights."),
+    weights: Optional[Path] = typer.Option(None, help="A safetensors file of the model's weights."),
+    data: Optional[str] = typer.Option(None, help="Dataset whose test split to audit on (with --model)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Directory of the dataset's files."),
+    eps: Optional[str] = typer.Option(None, help="Radius; default the run's training eps."),
+    norm: Optional[str] = typer.Option(None, help="linf or l2; default the run's (linf for --model)."),
+    n: int = typer.Option(500, help="Audit on the first N test examples."),
+    queries: int = typer.Option(1000, help="Square attack query budget for the black-box check."),
+    steps: int = typer.Option(20, help="PGD steps of the baseline attack (the 'more iterations' check uses 5x)."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+    json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object, nothing else."),
+) -> None:
+    """Check a model for gradient masking: verdict "pass" (exit 0) or "suspicious" (exit 1), with the
+    evidence of each check. Writes RUN_DIR/audit.json for a run directory."""
+    from toughen.evaluation.audit import audit_command
+
+    report = audit_command(
+        run_dir, model_spec=model, weights=str(weights) if weights else None, data=data,
+        data_dir=str(data_dir) if data_dir else None, eps=_parse_number(eps, "--eps") if eps is not None else None,
+        norm=norm, n=n, n_queries=queries, steps=steps, seed=seed, device=device,
+    )
+    if json_out:
+        print(json.dumps(report))
+    else:
+        table = Table(title=f"audit of {report['model']}: eps = {report['eps']:.4g} ({report['norm']}), n = {report['n']}")
+        for c in ("check", "status", "evidence"):
+            table.add_column(c)
+        for c in report["checks"]:
+            color = "green" if c["status"] == "pass" else "red"
+            table.add_row(c["name"], f"[{color}]{c['status']}[/]", c["evidence"])
+        out.print(table)
+        out.print(f"verdict: [bold]{report['verdict']}[/]")
+    raise typer.Exit(0 if report["verdict"] == "pass" else 1)
+
+
 # ----------------------------------------------------------------------------- demo
 
 @app.command()

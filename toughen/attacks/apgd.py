@@ -70,7 +70,8 @@ def checkpoints(steps: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    marks = sorted({math.ceil(q * steps) for q in p[1:] if math.ceil(q * steps) < steps})
+    # round() first: 0.22 + 0.19 is 0.41000000000000003 in floating point, whose ceil would be off by one
+    marks = sorted({math.ceil(round(q * steps, 6)) for q in p[1:] if math.ceil(round(q * steps, 6)) < steps})
     return [w for w in marks if w > 0]
 
 
@@ -115,6 +116,7 @@ def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss_of, bounds, ge
             fooled[s["idx"][wrong]] = True
             keep = ~wrong
             s = {k: (v[keep] if v is not None else None) for k, v in s.items()}
+            wrong = wrong[keep]
             if len(s["idx"]) == 0:
                 break
         eta = s["eta"].view(shape)

@@ -1,0 +1,288 @@
+"""Sanity checks that expose gradient masking and obfuscated gradients.
+
+A model can look robust only because gradient attacks cannot see: its gradients are zero,
+shattered (quantized or non-differentiable inputs), saturated (a softmax pushed to exactly 0 and
+1), or random. Athalye, Carlini and Wagner (2018, "Obfuscated Gradients Give a False Sense of
+Security") and Carlini et al. (2019, "On Evaluating Adversarial Robustness") list the symptoms;
+AutoAttack's ``checks.py`` prints some of them. Each check here reports ``pass`` or
+``suspicious`` with its evidence, and the audit's verdict is ``suspicious`` if any check is.
+
+    report = audit(model, x, y, eps=0.3)
+    report["verdict"], [c["name"] for c in report["checks"] if c["status"] != "pass"]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toughen import threat
+from toughen.attacks import Attack
+from toughen.errors import ToughenUsageError
+from toughen.evaluation.suite import _device, evaluate
+
+PASS, SUSPICIOUS = "pass", "suspicious"
+
+
+def _check(name: str, ok: bool, evidence: str, **values: Any) -> dict[str, Any]:
+    return {"name": name, "status": PASS if ok else SUSPICIOUS, "evidence": evidence, **values}
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _robust(model, x, y, attacks, eps, norm, bounds, seed) -> torch.Tensor:
+    return evaluate(model, x, y, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=seed,
+                    batch_size=len(x))["robust"]
+
+
+def audit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    bounds: threat.Bounds = (0.0, 1.0),
+    steps: int = 20,
+    n_queries: int = 1000,
+    seed: int = 0,
+    tolerance: float = 0.01,
+) -> dict[str, Any]:
+    """Run the gradient-masking checks on ``model`` at radius ``eps``.
+
+    Args:
+        model: maps inputs in ``bounds`` to logits, in eval mode.
+        x, y: the examples (a few hundred are enough), on any device.
+        steps: PGD steps of the baseline white-box attack; the "more iterations" check uses 5x.
+        n_queries: Square's query budget for the black-box check.
+        tolerance: accuracy differences up to this fraction (plus one example) count as noise.
+
+    Returns:
+        ``{"verdict": "pass" | "suspicious", "checks": [{"name", "status", "evidence", ...}],
+        "robust_accuracy": {attack: accuracy}, "eps", "norm", "n", "seconds"}``.
+    """
+    threat.check_eps(eps, norm, bounds)
+    if eps == 0:
+        raise ToughenUsageError("the audit needs eps > 0")
+    if len(x) != len(y) or len(x) == 0:
+        raise ToughenUsageError(f"x and y must be non-empty and of the same length, got {len(x)} and {len(y)}")
+    start = time.perf_counter()
+    device = _device(model)
+    x, y = x.to(device), y.to(device)
+    n = len(x)
+    tol = tolerance + 1.0 / n
+    lo, hi = bounds
+    checks = []
+
+    # -- outputs: deterministic, logits -------------------------------------------------------
+    with torch.no_grad():
+        out1, out2 = model(x), model(x)
+    spread = (out1 - out2).abs().max().item()
+    scale = out1.abs().max().item() + 1e-12
+    checks.append(_check(
+        "deterministic", spread <= 1e-5 * max(scale, 1.0),
+        f"two forward passes on the same inputs differ by up to {spread:.3g}"
+        + (": the model is randomized; its robustness must be measured with expectation over "
+           "transformation (average the gradient over many draws), not with plain attacks" if spread > 1e-5 * max(scale, 1.0)
+           else " (identical)"),
+        max_difference=spread,
+    ))
+    rows_sum = out1.float().sum(1)
+    probabilities = bool((out1 >= 0).all() and (rows_sum - 1).abs().max() < 1e-3)
+    checks.append(_check(
+        "outputs_are_logits", not probabilities,
+        "every output row is non-negative and sums to 1: the model returns probabilities, which flattens the "
+        "gradient of cross-entropy; attack the logits" if probabilities else
+        f"outputs are unnormalized (row sums from {rows_sum.min().item():.3g} to {rows_sum.max().item():.3g})",
+    ))
+
+    # -- gradients: finite, non-zero, softmax not saturated ----------------------------------------
+    gen = torch.Generator(device=device).manual_seed(seed)
+    points = torch.cat([x, (x + threat.random_start(x, eps, norm, bounds, gen)).clamp(lo, hi)])
+    labels = torch.cat([y, y])
+    xg = points.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xg)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), labels, reduction="sum"), xg)
+    flat = grad.flatten(1)
+    nonfinite = (~torch.isfinite(flat)).any(1).float().mean().item()
+    zero = (flat == 0).all(1).float().mean().item()
+    saturated = (logits.detach().float().softmax(1).amax(1) == 1.0).float().mean().item()
+    checks.append(_check(
+        "gradients_finite_nonzero", nonfinite == 0 and zero <= tolerance,
+        f"input gradient of the cross-entropy at the clean points and at random points in the ball: "
+        f"{_pct(zero)} exactly zero, {_pct(nonfinite)} not finite; softmax saturated to exactly 1 on "
+        f"{_pct(saturated)}", zero_fraction=zero, nonfinite_fraction=nonfinite, saturated_fraction=saturated,
+    ))
+
+    # -- attacks that must be ordered ------------------------------------------------------------------
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+    fgsm_r = _robust(model, x, y, [Attack("fgsm")], eps, norm, bounds, seed)
+    pgd_r = _robust(model, x, y, [Attack("pgd", {"steps": steps, "early_stop": True})], eps, norm, bounds, seed)
+    strong = Attack("pgd", {"steps": 5 * steps, "restarts": 2, "early_stop": True})
+    strong_r = _robust(model, x, y, [strong], eps, norm, bounds, seed + 1)
+    acc = {"clean": clean, "fgsm": fgsm_r.float().mean().item(), f"pgd-{steps}": pgd_r.float().mean().item(),
+           f"pgd-{5 * steps}x2": strong_r.float().mean().item()}
+    a_fgsm, a_pgd, a_strong = acc["fgsm"], acc[f"pgd-{steps}"], acc[f"pgd-{5 * steps}x2"]
+    checks.append(_check(
+        "single_step_not_stronger", a_fgsm >= a_pgd - tol,
+        f"FGSM leaves {_pct(a_fgsm)} robust, PGD-{steps} {_pct(a_pgd)}"
+        + ("; a single step beating an iterative attack means the loss surface misleads the iterations"
+           if a_fgsm < a_pgd - tol else ""),
+    ))
+    checks.append(_check(
+        "more_iterations_not_weaker", a_strong <= a_pgd + tol,
+        f"PGD-{steps} leaves {_pct(a_pgd)} robust, PGD-{5 * steps} with 2 restarts {_pct(a_strong)}"
+        + ("; more iterations should never help the model" if a_strong > a_pgd + tol else ""),
+    ))
+
+    # -- an unbounded attack must reach (about) zero ------------------------------------------
+    width = hi - lo
+    big = 0.99 * width if norm == "linf" else 0.5 * width * math.sqrt(x[0].numel())
+    unb = _robust(model, x, y, [Attack("pgd", {"steps": 50, "loss": "margin", "early_stop": True})], big, norm, bounds,
+                  seed).float().mean().item()
+    acc[f"pgd-50 at eps {big:.3g}"] = unb
+    checks.append(_check(
+        "unbounded_attack_succeeds", unb <= 0.02,
+        f"PGD-50 with eps = {big:.3g} (nearly the whole input range) leaves {_pct(unb)} robust"
+        + ("; it should reach about 0%: the gradients do not lead anywhere" if unb > 0.02 else ""),
+    ))
+
+    # -- the black-box attack must not beat the white-box ones ------------------------------
+    # The white-box side includes a margin-loss PGD: a gap that only cross-entropy leaves open is a
+    # weak loss, caught by the gradient check, not yet a sign that gradients hide examples.
+    margin_r = _robust(model, x, y, [Attack("pgd", {"steps": steps, "loss": "margin", "early_stop": True})], eps, norm,
+                       bounds, seed)
+    acc[f"pgd-{steps}-margin"] = margin_r.float().mean().item()
+    white = fgsm_r & pgd_r & strong_r & margin_r
+    idx = white.nonzero().squeeze(1)
+    extra = 0
+    if len(idx):
+        sq = _robust(model, x[idx], y[idx], [Attack("square", {"n_queries": n_queries})], eps, norm, bounds, seed)
+        extra = int((~sq).sum().item())
+    acc[f"square-{n_queries} after white-box"] = (white.sum().item() - extra) / n
+    checks.append(_check(
+        "black_box_not_stronger", extra / n <= tol,
+        f"Square ({n_queries} queries, no gradients) fooled {extra} of the {len(idx)} examples the white-box "
+        f"attacks left robust ({_pct(extra / n)} of all)"
+        + ("; gradients are hiding adversarial examples" if extra / n > tol else ""),
+        extra_fooled=extra,
+    ))
+
+    # -- robust accuracy must fall with eps ---------------------------------------------------
+    eps_values = [eps / 2, eps, min(2 * eps, 0.99 * width if norm == "linf" else 2 * eps)]
+    curve = []
+    for e in eps_values:
+        r = _robust(model, x, y, [Attack("pgd", {"steps": steps, "early_stop": True})], e, norm, bounds, seed)
+        curve.append({"eps": e, "robust_accuracy": r.float().mean().item()})
+    rises = [(a, b) for a, b in zip(curve, curve[1:]) if b["robust_accuracy"] > a["robust_accuracy"] + tol]
+    checks.append(_check(
+        "accuracy_falls_with_eps", not rises,
+        "PGD-%d robust accuracy at eps %s: %s" % (
+            steps, ", ".join(f"{c['eps']:.3g}" for c in curve), ", ".join(_pct(c["robust_accuracy"]) for c in curve))
+        + ("; it rises with eps" if rises else ""),
+        curve=curve,
+    ))
+
+    verdict = PASS if all(c["status"] == PASS for c in checks) else SUSPICIOUS
+    return {"verdict": verdict, "checks": checks, "robust_accuracy": acc, "eps": eps, "norm": norm, "n": n,
+            "seconds": time.perf_counter() - start}
+
+
+__all__ = ["audit"]
+
+
+# ----------------------------------------------------------------------------- loading what to audit
+
+def load_factory_model(spec: str, weights: str | None, data_name: str, data_dir: str | None) -> nn.Module:
+    """A model for `toughen audit --model`: ``MODULE:FUNCTION`` (a factory imported from the current
+    directory or PYTHONPATH, returning an ``nn.Module`` that takes inputs in the data bounds), or
+    a registered model name with a safetensors ``weights`` file (loaded without executing code)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from toughen.data import load_data
+    from toughen.models import MODELS, build_model
+    from toughen.runs import load_weights
+
+    if ":" in spec:
+        module_name, _, func_name = spec.partition(":")
+        cwd = str(Path.cwd())
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ToughenUsageError(f"cannot import {module_name!r} for --model {spec}: {e}; run from the directory "
+                                    "that holds it or add it to PYTHONPATH") from None
+        factory = getattr(module, func_name, None)
+        if not callable(factory):
+            raise ToughenUsageError(f"{module_name} has no function {func_name!r} (--model MODULE:FUNCTION)")
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise ToughenUsageError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module")
+        if weights is not None:
+            load_weights(model, Path(weights))
+        return model.eval()
+    if spec not in MODELS:
+        raise ToughenUsageError(f"--model {spec!r} is neither MODULE:FUNCTION nor a registered model "
+                                f"({', '.join(MODELS.names())})")
+    if weights is None or not Path(weights).is_file():
+        raise ToughenUsageError(f"a registered model needs its weights: --weights FILE.safetensors (got {weights})")
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as f:
+        keys = list(f.keys())
+    splits = load_data(data_name, data_dir)
+    # A model built with toughen's normalization layer saves its mean and std as "0.mean"/"0.std".
+    normalized = "0.mean" in keys
+    model = build_model(spec, splits.input_shape, splits.num_classes,
+                        mean=splits.mean if normalized else None, std=splits.std if normalized else None)
+    load_weights(model, Path(weights))
+    return model.eval()
+
+
+def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n, n_queries, steps, seed, device):
+    """What `toughen audit` runs: returns the report, and writes RUN_DIR/audit.json for a run."""
+    from pathlib import Path
+
+    from toughen.data import load_data
+    from toughen.runs import load, read_config, write_json
+    from toughen.train.loop import check_device
+
+    dev = check_device(device)
+    if run_dir is not None:
+        if model_spec is not None:
+            raise ToughenUsageError("give a RUN_DIR or --model, not both")
+        cfg = read_config(run_dir)
+        train = cfg["train"]
+        model = load(run_dir, device=dev)
+        splits = load_data(train["data"], train["data_dir"], train["val_size"])
+        eps = eps if eps is not None else train["eps"]
+        norm = norm or train["norm"]
+        bounds = tuple(cfg["data_info"]["bounds"])
+    else:
+        if model_spec is None or data is None or eps is None:
+            raise ToughenUsageError("give a RUN_DIR, or --model MODULE:FUNCTION (or a model name with --weights) "
+                                    "with --data and --eps")
+        model = load_factory_model(model_spec, weights, data, data_dir).to(dev)
+        splits = load_data(data, data_dir)
+        norm = norm or "linf"
+        bounds = tuple(splits.bounds)
+    if n < 1:
+        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    report = audit(model, splits.x_test[:n], splits.y_test[:n], eps=eps, norm=norm, bounds=bounds, steps=steps,
+                   n_queries=n_queries, seed=seed)
+    report["model"] = str(run_dir) if run_dir is not None else model_spec
+    if run_dir is not None:
+        write_json(Path(run_dir) / "audit.json", report)
+    return report
