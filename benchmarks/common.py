@@ -1,0 +1,214 @@
+"""Shared plumbing for the benchmark scripts: timing contenders round-robin, the machine and
+versions a number was measured on, and writing results (JSON, and one Markdown section of
+docs/benchmarks.md per script).
+
+Why round-robin: on a shared CPU the speed of the machine drifts (other processes, frequency
+scaling, caches). Running contender A five times and then B five times puts the drift into the
+A/B ratio; running A, B, C, A, B, C, ... (and rotating who goes first each round) spreads it
+evenly, and the median of each contender's repetitions drops the outliers.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+# ---------------------------------------------------------------- timing
+
+
+@dataclass
+class Timed:
+    """The wall times of one contender's timed repetitions and what each returned."""
+
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the repetitions: how noisy this contender's timing was."""
+        return (max(self.seconds) - min(self.seconds)) / self.median if self.seconds else float("nan")
+
+
+def round_robin(
+    contenders: dict[str, Callable[[int], Any]],
+    reps: int,
+    warmup: dict[str, Callable[[], Any]] | None = None,
+) -> dict[str, Timed]:
+    """Time each contender ``reps`` times, one repetition of each per round, rotating the order.
+
+    ``contenders[name](rep)`` runs repetition ``rep`` (every contender gets the same ``rep``, so
+    the same inputs, within a round). ``warmup[name]()``, if given, runs once per contender
+    before any timing: first calls pay for kernel selection and allocation.
+    """
+    names = list(contenders)
+    for name in names:
+        if warmup is not None and name in warmup:
+            warmup[name]()
+    timed = {name: Timed(name) for name in names}
+    for rep in range(reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            out = contenders[name](rep)
+            timed[name].seconds.append(time.perf_counter() - t0)
+            timed[name].results.append(out)
+    return timed
+
+
+# ---------------------------------------------------------------- machine and versions
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return None
+    return getattr(mod, "__version__", "?")
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and with what a result was measured; stored with every result."""
+    import torch
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "load_average_1min": load_average(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "toughen": _version("toughen"),
+        "torchattacks": _version("torchattacks"),
+        "art": _version("art"),
+        "git_revision": git_revision(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """One Markdown paragraph with the machine, versions, date and command."""
+    peers = ", ".join(f"{k} {info[k]}" for k in ("torchattacks", "art") if info.get(k))
+    load = info.get("load_average_1min")
+    load_text = f"; 1-min load average {load:.1f} at the start" if load is not None else ""
+    end_load = info.get("load_average_1min_end")
+    if end_load is not None:
+        load_text += f", {end_load:.1f} at the end"
+    return (
+        f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads, "
+        f"bf16 instructions: {'yes' if info['cpu_bf16'] else 'no'}{load_text}); Python {info['python']}, "
+        f"torch {info['torch']}, toughen {info['toughen']} (git {info['git_revision']}){', ' + peers if peers else ''}."
+        f"\nCommand: `{info['command']}`"
+    )
+
+
+# ---------------------------------------------------------------- output
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def md_table(headers: list[str], rows: list[list[Any]], right: set[int] | None = None) -> str:
+    """A Markdown table; columns whose index is in ``right`` are right-aligned (numbers)."""
+    right = right if right is not None else set(range(1, len(headers)))
+    sep = ["---:" if i in right else "---" for i in range(len(headers))]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_DOC_HEAD = """# Benchmarks
+
+toughen against the tools a user would pick instead (torchattacks, IBM's Adversarial Robustness
+Toolbox), on the same machine, in the same run. Each section below is written by one script in
+`benchmarks/` and says when, where and with which command it was measured; `make bench` runs them
+all and also writes the raw numbers to `benchmarks/results/*.json`.
+"""
+
+
+def write_section(key: str, markdown: str, doc: Path = DOC) -> None:
+    """Replace the part of docs/benchmarks.md between ``<!-- bench:KEY -->`` and
+    ``<!-- /bench:KEY -->`` (append it when absent); every other part stays as it was.
+
+    Several scripts write the file, possibly at once: an exclusive lock around the
+    read-modify-write keeps one from dropping another's section.
+    """
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / "toughen-benchmarks-md.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = doc.read_text() if doc.exists() else _DOC_HEAD
+        if start in text and end in text:
+            before, rest = text.split(start, 1)
+            after = rest.split(end, 1)[1]
+            text = before + block + after
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        tmp = doc.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        tmp.replace(doc)
+
+
+def fmt_ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+
+def fmt_pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
