@@ -302,7 +302,7 @@ def demo(
 @app.command("demo-text")
 def demo_text(
     out_dir: Path = typer.Option(Path("runs/demo-text"), "--out", help="Where the text demo's runs go."),
-    budget: int = typer.Option(8, help="Character edits per text, for training and for the attack."),
+    budget: int = typer.Option(5, help="Character edits per text, for training and for the attack."),
     epochs: int = typer.Option(8),
     overwrite: bool = typer.Option(False, help="Replace an earlier demo in --out."),
 ) -> None:
