@@ -11,35 +11,35 @@
    goal: within 5%. Also toughen's default (``keep_best=True``: one more forward pass per
    example to keep the worst iterate) for what that choice costs.
 
-Timings alternate between the contenders, repeat, and report the median, so a change of load
-during the run hits both alike. Run it on an idle machine: the script records the 1-minute load
-average beside the numbers.
+Timings run round-robin (benchmarks/common.py) and report the median, so a change of load
+during the run hits every contender alike. Run it on an idle machine: the machine, versions and
+1-minute load average are stored beside the numbers. (benchmarks/bench_attacks.py compares the
+attack alone with torchattacks and ART as well.)
 
     .venv/bin/python benchmarks/bench_cost.py                            # small_cnn on MNIST-sized data
     .venv/bin/python benchmarks/bench_cost.py --model preact_resnet18 --shape 3 32 32 --batch 128
     .venv/bin/python benchmarks/bench_cost.py --device cuda --model preact_resnet18 --shape 3 32 32 --amp bf16
 
-Not a test. Writes benchmarks/results/cost.json and prints markdown tables.
+Not a test. Writes benchmarks/results/cost.json and the `cost` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from toughen.attacks import pgd
-from toughen.models import build_model
-from toughen.train.cost import PassCounter
-from toughen.train.recipes import RECIPES, RecipeContext
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from toughen.attacks import pgd  # noqa: E402
+from toughen.models import build_model  # noqa: E402
+from toughen.train.cost import PassCounter  # noqa: E402
+from toughen.train.recipes import RECIPES, RecipeContext  # noqa: E402
 
 
 def bare_pgd(model, x, y, eps: float, alpha: float, steps: int, generator: torch.Generator) -> torch.Tensor:
@@ -55,24 +55,19 @@ def bare_pgd(model, x, y, eps: float, alpha: float, steps: int, generator: torch
     return (x + delta).detach()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each function, interleaved over ``repeats`` rounds after a warm-up."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
+    """Median seconds of each function, round-robin over ``repeats`` rounds after a warm-up
+    (on a GPU, synchronized so that each time covers the work, not only its launch)."""
+    def synced(fn: Callable[[], None]) -> Callable[[int], None]:
+        def run(_rep: int) -> None:
             fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return run
+
+    result = common.round_robin({n: synced(f) for n, f in fns.items()}, repeats,
+                                warmup={n: (lambda f=f: synced(f)(0)) for n, f in fns.items()})
+    return {name: t.median for name, t in result.items()}
 
 
 def main() -> None:
@@ -86,7 +81,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast for every contender")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cost.json"))
+    ap.add_argument("--smoke", action="store_true", help="print only; write neither results nor docs")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -151,28 +146,32 @@ def main() -> None:
                               "toughen_keep_best_s": t["toughen_keep_best"],
                               "keep_best_overhead": t["toughen_keep_best"] / t["bare"] - 1})
 
-    result = {
-        "model": args.model, "shape": args.shape, "batch": args.batch, "eps": args.eps, "amp": args.amp,
-        "device": str(device), "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
-        "cost": cost_rows, "attack_overhead": overhead_rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-
-    print(f"{args.model} {tuple(args.shape)}, batch {args.batch}, {device}, amp {args.amp}, "
-          f"{args.threads} thread(s), load {result['load_average_1min']:.1f}\n")
-    print("| K | standard step (s) | pgd-K step (s) | measured multiplier | theory K+1 | pass count |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for r in cost_rows:
-        print(f"| {r['K']} | {r['standard_s']:.4f} | {r['pgd_s']:.4f} | {r['measured']:.2f} | {r['theory']} "
-              f"| {r['pass_count']:.0f} |")
-    print("\n| K | bare PGD (s) | toughen pgd (s) | overhead | toughen keep_best=True (s) | overhead |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for r in overhead_rows:
-        print(f"| {r['K']} | {r['bare_s']:.4f} | {r['toughen_s']:.4f} | {100 * r['overhead']:+.1f}% "
-              f"| {r['toughen_keep_best_s']:.4f} | {100 * r['keep_best_overhead']:+.1f}% |")
+    info = common.machine_info()
+    info["load_average_1min_end"] = common.load_average()
+    result = {"model": args.model, "shape": args.shape, "batch": args.batch, "eps": args.eps, "amp": args.amp,
+              "device": str(device), "repeats": args.repeats, "machine": info,
+              "cost": cost_rows, "attack_overhead": overhead_rows}
+    if not args.smoke:
+        common.write_json("cost", result)
+    cost_table = common.md_table(
+        ["K", "standard step (s)", "pgd-K step (s)", "measured multiplier", "theory K+1", "pass count"],
+        [[r["K"], f"{r['standard_s']:.4f}", f"{r['pgd_s']:.4f}", f"{r['measured']:.2f}", r["theory"],
+          f"{r['pass_count']:.0f}"] for r in cost_rows])
+    overhead_table = common.md_table(
+        ["K", "bare PGD (s)", "toughen pgd, last iterate (s)", "overhead", "toughen keep_best (s)", "overhead"],
+        [[r["K"], f"{r['bare_s']:.4f}", f"{r['toughen_s']:.4f}", f"{100 * r['overhead']:+.1f}%",
+          f"{r['toughen_keep_best_s']:.4f}", f"{100 * r['keep_best_overhead']:+.1f}%"] for r in overhead_rows])
+    markdown = (
+        f"## Cost of adversarial training, and of toughen's attack loop\n\n"
+        f"{args.model} on {tuple(args.shape)} inputs, batch {args.batch}, {device}, amp {args.amp}; "
+        f"median of {args.repeats} round-robin repetitions.\n\n"
+        f"Seconds per training step, `pgd` recipe with K steps against `standard`:\n\n{cost_table}\n\n"
+        f"toughen's `pgd` (eval mode) against a bare PGD loop, same model, batch, K and step size "
+        f"(goal: within 5%):\n\n{overhead_table}\n\n{common.machine_line(info)}\n"
+    )
+    if not args.smoke:
+        common.write_section("cost", markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":
