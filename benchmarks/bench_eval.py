@@ -50,7 +50,7 @@ def main() -> None:
 
     def run(suite):
         r = toughen.evaluate(model, x, y, suite=suite, eps=eps, norm="linf", bounds=bounds, seed=args.seed,
-                             batch_size=n)
+                             batch_size=n, progress=True)
         print(f"  {r['suite'] if isinstance(suite, str) else suite[0].label}: "
               f"{100 * r['robust_accuracy']:.1f}% in {r['seconds']:.1f}s", flush=True)
         return r

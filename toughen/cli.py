@@ -46,18 +46,33 @@ def _parse_number(text: str, name: str) -> float:
 
 @app.command()
 def train(
-    out_dir: Path = typer.Option(..., "--out", help="Run directory to write."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to write."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run (RUN_DIR) from its "
+                                          "last complete epoch, with its own config; no other training flags."),
     config: Optional[Path] = typer.Option(None, help="YAML file of TrainConfig fields; flags override it."),
     data: Optional[str] = typer.Option(None, help="Dataset: mnist5k (default), digits, mnist, cifar10."),
     data_dir: Optional[Path] = typer.Option(None, help="Directory of the dataset's files (mnist, cifar10)."),
     model: Optional[str] = typer.Option(None, help="Model: small_cnn (default), mlp, preact_resnet18, wide_resnet."),
-    recipe: Optional[str] = typer.Option(None, help="Recipe: pgd (default), mix, standard."),
+    recipe: Optional[str] = typer.Option(None, help="Recipe: pgd (default), trades, mart, mix, fgsm, fgsm_rs, nfgsm, "
+                                         "gradalign, free, augment, standard (see docs/training.md)."),
     eps: Optional[str] = typer.Option(None, help="Threat-model radius in data units, e.g. 0.3 or 8/255."),
     norm: Optional[str] = typer.Option(None, help="linf (default) or l2."),
     epochs: Optional[int] = typer.Option(None),
     steps: Optional[int] = typer.Option(None, help="Attack steps during training."),
     step_size: Optional[str] = typer.Option(None, help="Attack step size; default 2.5 * eps / steps."),
     lam: Optional[float] = typer.Option(None, help="Weight of the adversarial loss in the mix recipe."),
+    beta: Optional[float] = typer.Option(None, help="Weight of the robustness term in trades and mart (default 6)."),
+    free_replays: Optional[int] = typer.Option(None, help="Replays m of each minibatch in the free recipe (default 4)."),
+    gradalign_lambda: Optional[float] = typer.Option(None, help="Weight of the GradAlign regularizer (default 0.2)."),
+    noise_std: Optional[str] = typer.Option(None, help="Gaussian noise std of the augment recipe; default eps."),
+    grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient's global L2 norm to this."),
+    select: Optional[str] = typer.Option(None, help="The run's model: best (validation robust accuracy, default) "
+                                         "or last epoch."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation epoch."),
+    guard: Optional[bool] = typer.Option(None, "--guard/--no-guard", help="Catastrophic-overfitting guard for "
+                                         "single-step recipes (default on)."),
+    guard_every: Optional[int] = typer.Option(None, help="Guard probe every N batches (default 0: once per epoch)."),
+    guard_fallback: Optional[str] = typer.Option(None, help="Recipe to switch to on a collapse (default nfgsm)."),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
     optimizer: Optional[str] = typer.Option(None, help="adam (default) or sgd."),
@@ -91,9 +106,27 @@ def train(
         step_size=_parse_number(step_size, "--step-size") if step_size is not None else None,
         lam=lam, batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
         eps_warmup=eps_warmup, weight_decay=weight_decay, val_size=val_size, eval_steps=eval_steps, seed=seed,
-        amp=amp, channels_last=channels_last,
+        amp=amp, channels_last=channels_last, beta=beta, free_replays=free_replays,
+        gradalign_lambda=gradalign_lambda,
+        noise_std=_parse_number(noise_std, "--noise-std") if noise_std is not None else None,
+        grad_clip=grad_clip, select=select, patience=patience, guard=guard, guard_every=guard_every,
+        guard_fallback=guard_fallback,
     )
     values.update({k: v for k, v in flags.items() if v is not None})
+    if resume is not None:
+        if out_dir is not None or config is not None or values:
+            raise ToughenUsageError("--resume continues a run with its own config; give no --out, --config or "
+                                    "training flags with it")
+        from toughen.train import resume as resume_run
+
+        summary = _diverged_is_an_error(resume_run, resume, progress=not json_out, device=device)
+        if json_out:
+            print(json.dumps(summary))
+        else:
+            _print_table(f"{resume}", [summary])
+        return
+    if out_dir is None:
+        raise ToughenUsageError("give --out RUN_DIR (or --resume RUN_DIR to continue an interrupted run)")
     text_flags = dict(text_column=text_column, label_column=label_column, budget=budget)
     values.update({k: v for k, v in text_flags.items() if v is not None})
     from toughen.text.data import is_text_data
@@ -110,7 +143,8 @@ def train(
 
         logger = TensorBoardLogger(out_dir / "tensorboard")  # fails here, before training, if not installed
     try:
-        summary = run_train(cfg, out_dir, overwrite=overwrite, progress=not json_out, device=device, on_epoch=logger)
+        summary = _diverged_is_an_error(run_train, cfg, out_dir, overwrite=overwrite, progress=not json_out,
+                                        device=device, on_epoch=logger)
     finally:
         if logger is not None:
             logger.close()
@@ -118,6 +152,17 @@ def train(
         print(json.dumps(summary))
     else:
         _print_table(f"{out_dir}", [summary])
+
+
+def _diverged_is_an_error(fn, *args, **kwargs):
+    """A NaN or infinite loss: one clear line and exit status 1 (the last good checkpoint stays)."""
+    from toughen.train import TrainingDiverged
+
+    try:
+        return fn(*args, **kwargs)
+    except TrainingDiverged as e:
+        err.print(f"[bold red]training diverged:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 # ----------------------------------------------------------------------------- eval
@@ -240,7 +285,7 @@ def audit(
     norm: Optional[str] = typer.Option(None, help="linf or l2; default the run's (linf for --model)."),
     n: int = typer.Option(500, help="Audit on the first N test examples."),
     queries: int = typer.Option(1000, help="Square attack query budget for the black-box check."),
-    steps: int = typer.Option(20, help="PGD steps of the baseline attack (the 'more iterations' check uses 5x)."),
+    steps: int = typer.Option(20, help="PGD steps of the baseline attack (the 'more iterations' check uses 3x)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object, nothing else."),
@@ -257,7 +302,8 @@ def audit(
     if json_out:
         print(json.dumps(report))
     else:
-        table = Table(title=f"audit of {report['model']}: eps = {report['eps']:.4g} ({report['norm']}), n = {report['n']}")
+        title = f"audit of {report['model']}: eps = {report['eps']:.4g} ({report['norm']}), n = {report['n']}"
+        table = Table(title=title)
         for c in ("check", "status", "evidence"):
             table.add_column(c)
         for c in report["checks"]:
