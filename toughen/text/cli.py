@@ -96,8 +96,13 @@ def demo(out_dir: Path, *, budget: int = 5, epochs: int = 8, overwrite: bool = F
     """Train char_cnn on prompt_injection twice, standard and with A2T-style augmentation
     (char_obfuscate at ``budget``), and put side by side their clean accuracy and the success rate
     of char_obfuscate at ``budget`` on the test texts."""
+    import torch
+
     from toughen.text.train import TextTrainConfig, train_text
 
+    # char_cnn's batches are small: on CPU one intra-op thread is faster than several, which
+    # mostly wait on each other (5x slower measured with 2 threads on a busy 2-core machine)
+    torch.set_num_threads(1)
     runs = {
         "standard": TextTrainConfig(recipe="standard", epochs=epochs, budget=budget, val_n=50, eval_n=n),
         # half of each batch attacked with 32 sampled edits per step: a stronger training attack
