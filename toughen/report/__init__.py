@@ -39,7 +39,10 @@ def _summary_row(run: RunRecord) -> dict[str, Any]:
     others += [f"{r.attack}{' (end of training)' if r.kind == 'train' else ''}: {_pct(r.robust_accuracy)} (n={r.n})"
                for r in run.results_at_training_eps() if r != head]
     cost = s.get("cost_multiplier")
+    verdict = str(run.audit.get("verdict", "?")) if run.audit else None
     return {
+        "verdict": verdict,
+        "verdict_class": _css_word(verdict or ""),
         "name": run.name,
         "finished": run.finished,
         "recipe": run.recipe,

@@ -59,7 +59,7 @@ ul.events { margin: 2px 0 0; padding-left: 18px; font-size: 12.5px; }
 <h2>Summary</h2>
 <table>
 <thead><tr><th>Run</th><th>Recipe</th><th>Data · model</th><th>Threat model</th><th class="num">Epochs</th>
-<th class="num">Clean</th><th>Robust (worst attack at the training ε)</th><th class="num">Train time</th>{% if show_cost %}<th class="num">Cost</th>{% endif %}</tr></thead>
+<th class="num">Clean</th><th>Robust (worst attack at the training ε)</th><th class="num">Train time</th>{% if audits %}<th>Audit</th>{% endif %}{% if show_cost %}<th class="num">Cost</th>{% endif %}</tr></thead>
 <tbody>
 {% for r in summary_rows %}
 <tr>
@@ -72,6 +72,7 @@ ul.events { margin: 2px 0 0; padding-left: 18px; font-size: 12.5px; }
 <td>{% if r.robust %}<b>{{ r.robust }}</b> <span class="small">{{ r.robust_attack }}</span>{% else %}<span class="small">not measured</span>{% endif %}
 {% for other in r.others %}<br><span class="small">{{ other }}</span>{% endfor %}</td>
 <td class="num">{{ r.train_time }}</td>
+{% if audits %}<td>{% if r.verdict %}<span class="verdict verdict-{{ r.verdict_class }}">{{ r.verdict }}</span>{% else %}<span class="small">—</span>{% endif %}</td>{% endif %}
 {% if show_cost %}<td class="num">{{ r.cost }}</td>{% endif %}
 </tr>
 {% endfor %}
@@ -82,21 +83,6 @@ a suite was run); the attack and the number of test examples are named next to i
 {% if any_missing_robust %}Runs without a robust number: run <code>toughen eval RUN_DIR</code> and report again.{% endif %}</p>
 </section>
 
-{% if audits %}
-<section id="audit">
-<h2>Audit</h2>
-{% for a in audits %}
-<h3>{{ a.name }}: <span class="verdict verdict-{{ a.verdict_class }}">{{ a.verdict }}</span></h3>
-<table>
-<thead><tr><th>Check</th><th>Status</th><th>Evidence</th></tr></thead>
-<tbody>
-{% for c in a.checks %}<tr><td class="word">{{ c.name }}</td><td><span class="verdict status-{{ c.status_class }}">{{ c.status }}</span></td><td class="small">{{ c.evidence }}</td></tr>
-{% endfor %}
-</tbody>
-</table>
-{% endfor %}
-</section>
-{% endif %}
 
 {% if tradeoff %}
 <section id="tradeoff">
@@ -176,6 +162,22 @@ stretched so that the largest |δ| shown reaches the ends of the colour scale (r
 {% else %}
 <p class="note">No gallery: {{ g.reason }}.</p>
 {% endif %}
+{% endfor %}
+</section>
+{% endif %}
+
+{% if audits %}
+<section id="audit">
+<h2>Audit</h2>
+{% for a in audits %}
+<h3>{{ a.name }}: <span class="verdict verdict-{{ a.verdict_class }}">{{ a.verdict }}</span></h3>
+<table>
+<thead><tr><th>Check</th><th>Status</th><th>Evidence</th></tr></thead>
+<tbody>
+{% for c in a.checks %}<tr><td class="word">{{ c.name }}</td><td><span class="verdict status-{{ c.status_class }}">{{ c.status }}</span></td><td class="small">{{ c.evidence }}</td></tr>
+{% endfor %}
+</tbody>
+</table>
 {% endfor %}
 </section>
 {% endif %}
