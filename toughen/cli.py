@@ -327,7 +327,7 @@ def demo(
     from toughen.train import TrainConfig, train as run_train
 
     runs = {
-        "standard": TrainConfig(recipe="standard", epochs=2, eps=0.3, eval_steps=0),
+        "standard": TrainConfig(recipe="standard", epochs=5, eps=0.3, eval_steps=0),
         # bf16 autocast and channels-last make PGD training about 2x faster on CPUs with bf16
         # instructions; the evaluation below runs in fp32.
         "pgd": TrainConfig(recipe="pgd", epochs=epochs, eps=0.3, steps=10, eps_warmup=1 / 3, eval_steps=0,

