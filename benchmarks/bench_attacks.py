@@ -240,9 +240,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny batches, 1 repetition, PGD-2/PGD-3")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--profile", default=None, metavar="CONTENDERS",
+                    help="instead of benchmarking: profile these contenders (comma-separated) on one mnist "
+                         "L-inf PGD-10 batch and print where the time goes, operator by operator")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        profile(args.run, args.n, [c.strip() for c in args.profile.split(",")])
+        return
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]
     steps = [int(s) for s in args.steps.split(",")]
     cifar_steps = [int(s) for s in args.cifar_steps.split(",") if s]
@@ -282,6 +288,24 @@ def main() -> None:
     print(f"\nwrote {path}")
     if not args.no_doc and not args.quick:
         common.write_section("attacks", md)
+
+
+def profile(run: str, n: int, names: list[str], steps: int = 10, reps: int = 3) -> None:
+    """torch.profiler tables, one per contender: which operators the time goes to."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model, batches, k, shape, _ = mnist_setup(run, n)
+    fns = make_contenders(names, model, eps=0.3, norm="linf", steps=steps, batches=batches, num_classes=k,
+                          input_shape=shape)
+    for name, fn in fns.items():
+        fn(0)  # warm-up
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for rep in range(reps):
+                fn(rep)
+        total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3 / reps
+        print(f"\n=== {name}: {total:.0f} ms of operator self time per attack (PGD-{steps}, batch {n})")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
 
 
 # ---------------------------------------------------------------- reporting
