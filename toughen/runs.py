@@ -24,7 +24,8 @@ from torch import nn
 
 from toughen.errors import ToughenUsageError
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "summary.json", "evaluations.jsonl")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "summary.json", "evaluations.jsonl",
+             "model_last.safetensors", "checkpoint.pt")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -4,6 +4,7 @@ From Python::
 
     from toughen.train import TrainConfig, train
     summary = train(TrainConfig(data="mnist5k", recipe="pgd", eps=0.3, epochs=8), out="runs/pgd")
+    summary = resume("runs/pgd")  # after an interruption: continue from the last complete epoch
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from toughen.attacks import Attack
 from toughen.data import load_data
 from toughen.evaluation import attack_correct, clean_correct
 from toughen.models import build_model
-from toughen.runs import atomic_write_text, git_revision, prepare_run_dir, save_weights, write_json
+from toughen.errors import ToughenUsageError
+from toughen.runs import atomic_write_text, git_revision, prepare_run_dir, read_config, save_weights, write_json
 from toughen.train.config import TrainConfig
-from toughen.train.loop import TrainingDiverged, check_device, fit
+from toughen.train.loop import TIMING_FIELDS, TrainingDiverged, check_device, fit
 from toughen.train.recipes import RECIPES, RecipeContext, StepOutput, list_recipes
+from toughen.train.single_step import SINGLE_STEP
 
 
 def train(
@@ -34,16 +37,19 @@ def train(
     progress: bool = True,
     device: str = "cpu",
     on_epoch: Callable[[dict], None] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train a model as ``cfg`` says and write the run directory ``out``; return the summary.
 
     Everything is validated before anything is written. ``on_epoch`` receives each epoch's
-    metrics row as it is written (the CLI's ``--tensorboard`` logs through it).
+    metrics row as it is written (the CLI's ``--tensorboard`` logs through it). With ``resume``,
+    ``out`` is an interrupted run of the same ``cfg``, continued from its last complete epoch
+    (see :func:`resume`).
     """
     cfg.validate()
     dev = check_device(device)
     splits = load_data(cfg.data, cfg.data_dir, cfg.val_size)
-    run_dir = prepare_run_dir(out, overwrite)
+    run_dir = Path(out) if resume else prepare_run_dir(out, overwrite)
 
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = build_model(
@@ -69,12 +75,13 @@ def train(
         "torch_version": str(torch.__version__),
         "git_revision": git_revision(),
     }
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False))
+    if not resume:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False))
 
     start = time.perf_counter()
-    history = fit(model, splits, cfg, metrics_path=run_dir / "metrics.jsonl", progress=progress, on_epoch=on_epoch)
-    train_seconds = time.perf_counter() - start
-    save_weights(model, run_dir / "model.safetensors")
+    history = fit(model, splits, cfg, run_dir=run_dir, resume=resume, progress=progress, on_epoch=on_epoch)
+    wall_seconds = time.perf_counter() - start
+    save_weights(model, run_dir / "model.safetensors")  # the selected epoch's weights (cfg.select)
 
     # The headline numbers, on the test split, which nothing above has looked at.
     model.eval()
@@ -97,14 +104,67 @@ def train(
         "robust_accuracy": robust,
         "robust_attack": f"pgd-{cfg.eval_steps}",
         "n_test": n,
-        "train_seconds": train_seconds,
+        # every epoch's wall time, summed (across resumes): training steps, guard, validation
+        "train_seconds": sum(r["seconds"] + r["val_seconds"] for r in history),
         "final_val_clean_accuracy": history[-1]["val_clean_accuracy"],
         "final_val_robust_accuracy": history[-1]["val_robust_accuracy"],
+        **_selection(cfg, history),
+        **_cost(history, len(splits.x_train)),
+        "guard": _guard_summary(cfg, history),
+        "resumed": resume,
+        "wall_seconds_this_process": wall_seconds,
     }
     write_json(run_dir / "summary.json", summary)
     return summary
 
 
+def resume(run_dir: str | Path, *, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Continue an interrupted run from its last complete epoch (RUN_DIR/checkpoint.pt), with the
+    config it was started with; a run killed at any moment ends as if never interrupted."""
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").is_file():
+        raise ToughenUsageError(f"{run_dir} has finished (summary.json exists); there is nothing to resume")
+    cfg = TrainConfig.from_dict(read_config(run_dir)["train"])
+    return train(cfg, run_dir, progress=progress, device=device, resume=True)
+
+
+def _selection(cfg: TrainConfig, history: list[dict]) -> dict[str, Any]:
+    best = max(history, key=lambda r: (r["val_robust_accuracy"], r["val_clean_accuracy"]))
+    return {
+        "select": cfg.select,
+        "selected_epoch": best["epoch"] if cfg.select == "best" else history[-1]["epoch"],
+        "best_val_robust_accuracy": best["val_robust_accuracy"],
+        "epochs_run": len(history),
+        "stopped_early": len(history) < cfg.epochs,
+    }
+
+
+def _cost(history: list[dict], n_train: int) -> dict[str, Any]:
+    forward = sum(r["forward_passes"] + r["guard_forward_passes"] for r in history)
+    backward = sum(r["backward_passes"] + r["guard_backward_passes"] for r in history)
+    return {
+        "forward_passes": forward,
+        "backward_passes": backward,
+        "val_forward_passes": sum(r["val_forward_passes"] for r in history),
+        "val_backward_passes": sum(r["val_backward_passes"] for r in history),
+        # passes per epoch against a standard epoch's 2 per training example; validation excluded
+        "cost_multiplier": (forward + backward) / (2 * n_train * len(history)),
+        "step_seconds": sum(r["seconds"] for r in history),
+        "guard_seconds": sum(r["guard_seconds"] for r in history),
+        "val_seconds": sum(r["val_seconds"] for r in history),
+    }
+
+
+def _guard_summary(cfg: TrainConfig, history: list[dict]) -> dict[str, Any]:
+    events = [e for r in history for e in r["guard_events"]]
+    return {
+        "active": cfg.guard and cfg.recipe in SINGLE_STEP,
+        "events": events,
+        "final_recipe": history[-1]["recipe"],
+    }
+
+
 __all__ = [
-    "RECIPES", "RecipeContext", "StepOutput", "TrainConfig", "TrainingDiverged", "fit", "list_recipes", "train",
+    "RECIPES", "SINGLE_STEP", "TIMING_FIELDS", "RecipeContext", "StepOutput", "TrainConfig", "TrainingDiverged",
+    "fit", "list_recipes", "resume", "train",
 ]

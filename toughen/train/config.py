@@ -11,6 +11,7 @@ from toughen.errors import ToughenUsageError
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "onecycle", "cosine", "piecewise")
+SELECT_MODES = ("best", "last")
 
 
 @dataclass
@@ -29,6 +30,12 @@ class TrainConfig:
     steps: int = 10  # attack steps during training
     step_size: float | None = None  # default 2.5 * eps / steps
     lam: float = 1.0  # weight of the adversarial loss in the `mix` recipe
+    beta: float = 6.0  # weight of the robustness regularizer in `trades` and `mart`
+    free_replays: int = 4  # m: how many times `free` replays each minibatch
+    gradalign_lambda: float = 0.2  # weight of the gradient-alignment regularizer in `gradalign`
+    noise_std: float | None = None  # Gaussian noise of the `augment` baseline; default eps
+    augment_crop: bool = True  # random crops (shifts of up to 1/8 of the side) in `augment`
+    augment_flip: bool = False  # horizontal flips in `augment` (off: a mirrored digit is another digit)
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "adam"
@@ -40,6 +47,17 @@ class TrainConfig:
     seed: int = 0
     amp: str | None = None  # "bf16" or "fp16" autocast for the training step (attack included)
     channels_last: bool = False  # NHWC memory format: faster convolutions on CPUs and tensor cores
+    grad_clip: float | None = None  # max global L2 norm of the gradient
+    # model selection and early stopping, on the validation split's robust accuracy
+    select: str = "best"  # "best": the run's model is the best validation epoch; "last": the final one
+    patience: int | None = None  # stop after this many epochs without a better validation epoch
+    # the catastrophic-overfitting guard (single-step recipes only)
+    guard: bool = True
+    guard_every: int = 0  # probe every N batches; 0 = once per epoch, at its end
+    guard_n: int = 128  # validation examples in the fixed probe batch
+    guard_steps: int = 5  # PGD steps of the probe
+    guard_ratio: float = 0.5  # collapse: probe PGD accuracy < guard_ratio * its best so far
+    guard_fallback: str = "nfgsm"  # the first safer recipe to switch to (then pgd with 2 steps)
     # how to measure it
     val_attack_steps: int | None = None  # PGD steps on the validation split each epoch; default `steps`
     eval_steps: int = 20  # PGD steps for the test-split robust accuracy in summary.json
@@ -79,9 +97,34 @@ class TrainConfig:
             )
         if self.amp not in (None, "bf16", "fp16"):
             raise ToughenUsageError(f"unknown amp {self.amp!r}; choose bf16 or fp16 (or leave it off)")
+        self._validate_new_fields()
         if self.eval_n is not None and self.eval_n < 1:
             raise ToughenUsageError(f"eval_n must be >= 1, got {self.eval_n}")
         return self
+
+    def _validate_new_fields(self) -> None:
+        from toughen.train.recipes import RECIPES
+
+        for name in ("free_replays", "guard_n", "guard_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ToughenUsageError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not isinstance(self.guard_every, int) or self.guard_every < 0:
+            raise ToughenUsageError(f"guard_every must be a whole number >= 0 (0 = once per epoch), got {self.guard_every!r}")
+        for name in ("beta", "gradalign_lambda"):
+            if getattr(self, name) < 0:
+                raise ToughenUsageError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.noise_std is not None and self.noise_std < 0:
+            raise ToughenUsageError(f"noise_std must be >= 0, got {self.noise_std}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ToughenUsageError(f"grad_clip must be > 0 (or unset), got {self.grad_clip}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ToughenUsageError(f"patience must be a whole number >= 1 (or unset), got {self.patience!r}")
+        if not 0 < self.guard_ratio < 1:
+            raise ToughenUsageError(f"guard_ratio must be in (0, 1), got {self.guard_ratio}")
+        if self.select not in SELECT_MODES:
+            raise ToughenUsageError(f"unknown select {self.select!r}; choose one of: {', '.join(SELECT_MODES)}")
+        RECIPES.get(self.guard_fallback)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -89,6 +89,17 @@ class Dist:
         td.broadcast_object_list(box, src=0)
         return box[0]
 
+    def unshard(self, local: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`shard` for per-example results: every rank's part, interleaved
+        back into the original order, on every rank (on ``local``'s device)."""
+        if not self.enabled:
+            return local
+        parts = self.gather(local.cpu())
+        out = torch.empty((sum(len(p) for p in parts), *local.shape[1:]), dtype=local.dtype)
+        for r, part in enumerate(parts):
+            out[r :: self.world_size] = part
+        return out.to(local.device)
+
     def barrier(self) -> None:
         if self.enabled:
             td.barrier()

@@ -1,11 +1,21 @@
-"""The training loop: schedules, the per-batch recipe step, and per-epoch validation."""
+"""The training loop: schedules, the per-batch recipe step, the guard, per-epoch validation,
+model selection, cost accounting and checkpoints.
+
+    for each epoch:
+        for each batch:   lr and eps from the schedules; the recipe's loss; update (or the
+                          recipe's own updates); the guard's probe every guard_every batches
+        guard probe (single-step recipes), validation, best-epoch selection, metrics row,
+        checkpoint; early stop after `patience` epochs without a better one
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -15,37 +25,35 @@ from toughen.attacks import Attack
 from toughen.data import Splits
 from toughen.errors import ToughenUsageError
 from toughen.evaluation import attack_correct, clean_correct
-from toughen.runs import append_jsonl
+from toughen.runs import append_jsonl, atomic_write_text, save_weights
+from toughen.train.checkpoint import CHECKPOINT, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from toughen.train.config import TrainConfig
+from toughen.train.cost import PassCounter
+from toughen.train.guard import PGD2, Guard
 from toughen.train.recipes import RECIPES, RecipeContext
+from toughen.train.schedules import eps_at, lr_factor
+
+# Fields of a metrics row that measure time, not training: they differ between identical runs.
+TIMING_FIELDS = ("seconds", "guard_seconds", "val_seconds")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def lr_factor(schedule: str, progress: float) -> float:
-    """Multiplier of the base learning rate at ``progress`` in [0, 1) of training."""
-    if schedule == "onecycle":  # linear up over the first 30%, then linear down to 0
-        return progress / 0.3 if progress < 0.3 else max(0.0, (1 - progress) / 0.7)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "piecewise":  # x0.1 at 50% and again at 75% (Madry et al., Rice et al.)
-        return 1.0 if progress < 0.5 else 0.1 if progress < 0.75 else 0.01
-    return 1.0
-
-
-def eps_at(eps: float, warmup: float, progress: float) -> float:
-    """eps ramps linearly from 0 over the first ``warmup`` fraction of training."""
-    if warmup <= 0 or progress >= warmup:
-        return eps
-    return eps * progress / warmup
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    """bf16 or fp16 autocast for the recipe's forward passes (its attack included); a no-op
+    when amp is off. The validation, the guard's probe and the final evaluation run in fp32."""
+    if cfg.amp is None:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def validate(model: nn.Module, splits: Splits, cfg: TrainConfig, generator: torch.Generator) -> tuple[float, float]:
@@ -60,95 +68,201 @@ def validate(model: nn.Module, splits: Splits, cfg: TrainConfig, generator: torc
     return clean, robust
 
 
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().cpu() for k, v in state.items()}
+
+
 def fit(
     model: nn.Module,
     splits: Splits,
     cfg: TrainConfig,
     *,
+    run_dir: Path | None = None,
+    resume: bool = False,
     metrics_path: Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on ``splits`` with ``cfg``'s recipe; return the per-epoch metrics.
 
-    Each epoch appends one row to ``metrics_path`` (JSON lines): epoch, loss, train and validation
-    clean and robust accuracy, eps, lr, seconds.
+    Each epoch appends one row to ``metrics_path`` (default RUN_DIR/metrics.jsonl): loss, train
+    and validation clean and robust accuracy, eps, lr, the recipe in use, forward and backward
+    passes, the cost multiplier against a standard epoch, wall seconds, and guard events. At the
+    end the model holds the selected weights (``cfg.select``: the best validation epoch, by
+    robust then clean accuracy, or the last).
+
+    With ``run_dir``, the best epoch's weights are written to model.safetensors as training
+    goes, the last epoch's to model_last.safetensors, and a checkpoint after each epoch; with
+    ``resume``, training continues from that checkpoint exactly as if never interrupted.
     """
     device = next(model.parameters()).device
-    recipe = RECIPES.get(cfg.recipe)
+    if run_dir is not None and metrics_path is None:
+        metrics_path = Path(run_dir) / "metrics.jsonl"
     optimizer = make_optimizer(model, cfg)
-    # Two explicit generators: one for the order of batches, one for attacks' random starts.
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    ctx = RecipeContext(
-        eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, step_size=cfg.resolved_step_size(),
-        bounds=splits.bounds, lam=cfg.lam, generator=attack_gen,
-    )
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
     # fp16 needs loss scaling to keep small gradients from underflowing; bf16 does not.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
+    # Two explicit generators: one for the order of batches, one for attacks' random starts.
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    guard = Guard(cfg, splits.x_val, splits.y_val)
+
+    def update(loss: torch.Tensor) -> None:
+        """Backward and one optimizer step; a recipe that owns its steps calls this itself."""
+        if not torch.isfinite(loss):  # note: a CPU-GPU sync point, once per step
+            where = f"; the last complete epoch's checkpoint is kept in {Path(run_dir) / CHECKPOINT}" if run_dir else ""
+            raise TrainingDiverged(f"the loss became {loss.item()} in epoch {epoch}, batch {b}{where}; "
+                                   "lower --lr (or set --grad-clip) and train again")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            scaler.unscale_(optimizer)  # clip the true gradient, not the fp16-scaled one
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+    ctx = RecipeContext(
+        eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, step_size=cfg.resolved_step_size(), bounds=splits.bounds,
+        lam=cfg.lam, beta=cfg.beta, free_replays=cfg.free_replays, gradalign_lambda=cfg.gradalign_lambda,
+        noise_std=cfg.noise_std, augment_crop=cfg.augment_crop,
+        augment_flip=cfg.augment_flip, generator=attack_gen, update=update,
+    )
+    history: list[dict] = []
+    best: dict[str, Any] | None = None  # epoch, key (robust, clean), weights
+    start_epoch = 1
+    if resume and run_dir is not None:
+        ckpt = load_checkpoint(run_dir)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            guard.load_state_dict(ckpt["guard"])
+            ctx.state = {k: v.to(device) for k, v in ckpt["recipe_state"].items()}
+            restore_rng(ckpt["rng"], shuffle_gen, attack_gen)
+            history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+        if metrics_path is not None:  # drop rows of an epoch that did not reach its checkpoint
+            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+
     n = len(splits.x_train)
     batches_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * batches_per_epoch
-    history: list[dict] = []
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        start = time.perf_counter()
-        order = torch.randperm(n, generator=shuffle_gen)
-        loss_sum = clean_hits = clean_seen = adv_hits = adv_seen = 0.0
-        bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
-        for b in bar:
-            progress_frac = ((epoch - 1) * batches_per_epoch + b) / total
-            lr = cfg.lr * lr_factor(cfg.lr_schedule, progress_frac)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # A fresh step size for the warmed-up eps keeps the attack's reach proportional.
-            ctx.eps = eps_at(cfg.eps, cfg.eps_warmup, progress_frac)
-            ctx.step_size = cfg.resolved_step_size() * (ctx.eps / cfg.eps if cfg.eps > 0 else 1.0)
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x = splits.x_train[idx].to(device).contiguous(memory_format=memory_format)
-            y = splits.y_train[idx].to(device)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                out = recipe(model, x, y, ctx)
-            if not torch.isfinite(out.loss):
-                raise TrainingDiverged(
-                    f"the loss became {out.loss.item()} in epoch {epoch}, batch {b}; "
-                    "lower --lr or check the data"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += out.loss.item() * len(y)  # note: a sync point, once per batch
-            if out.clean_logits is not None:
-                clean_hits += (out.clean_logits.argmax(1) == y).sum().item()
-                clean_seen += len(y)
-            if out.adv_logits is not None:
-                adv_hits += (out.adv_logits.argmax(1) == y).sum().item()
-                adv_seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / ((b + 1) * cfg.batch_size):.3f}", eps=f"{ctx.eps:.3f}")
-        train_seconds = time.perf_counter() - start
-        val_clean, val_robust = validate(model, splits, cfg, attack_gen)
-        row = {
-            "epoch": epoch,
-            "loss": loss_sum / n,
-            "train_clean_accuracy": clean_hits / clean_seen if clean_seen else None,
-            "train_robust_accuracy": adv_hits / adv_seen if adv_seen else None,
-            "val_clean_accuracy": val_clean,
-            "val_robust_accuracy": val_robust,
-            "eps": ctx.eps,
-            "lr": lr,
-            "seconds": train_seconds,
-            "val_seconds": time.perf_counter() - start - train_seconds,
-        }
-        history.append(row)
-        if metrics_path is not None:
-            append_jsonl(metrics_path, row)
-        if on_epoch is not None:
-            on_epoch(row)
+    counter = PassCounter(model).attach()
+    epoch = b = 0  # for update()'s message
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if cfg.patience is not None and best is not None and epoch - 1 - best["epoch"] >= cfg.patience:
+                break
+            model.train()
+            start = time.perf_counter()
+            passes = {"train": [0, 0], "guard": [0, 0]}
+            guard_seconds = 0.0
+            events: list[dict] = []
+
+            def probe(batch: int) -> None:
+                nonlocal guard_seconds
+                _add(passes["train"], counter.take())
+                t = time.perf_counter()
+                model.eval()
+                event = guard.check(model, optimizer, splits.bounds, epoch, batch)
+                model.train()
+                if event is not None:
+                    events.append(event)
+                guard_seconds += time.perf_counter() - t
+                _add(passes["guard"], counter.take())
+
+            counter.take()
+            order = torch.randperm(n, generator=shuffle_gen)
+            loss_sum = clean_hits = clean_seen = adv_hits = adv_seen = 0.0
+            bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+            for b in bar:
+                progress_frac = ((epoch - 1) * batches_per_epoch + b) / total
+                lr = cfg.lr * lr_factor(cfg.lr_schedule, progress_frac)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                recipe_name = "pgd" if guard.recipe == PGD2 else guard.recipe
+                recipe = RECIPES.get(recipe_name)
+                ctx.steps = 2 if guard.recipe == PGD2 else cfg.steps
+                base_step = 2.5 * cfg.eps / 2 if guard.recipe == PGD2 else cfg.resolved_step_size()
+                # A fresh step size for the warmed-up eps keeps the attack's reach proportional.
+                ctx.eps = eps_at(cfg.eps, cfg.eps_warmup, progress_frac)
+                ctx.step_size = base_step * (ctx.eps / cfg.eps if cfg.eps > 0 else 1.0)
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                x = splits.x_train[idx].to(device).contiguous(memory_format=memory_format)
+                y = splits.y_train[idx].to(device)
+                with autocast(cfg, device):
+                    out = recipe(model, x, y, ctx)
+                if not out.updated:
+                    update(out.loss)
+                loss_sum += out.loss.item() * len(y)  # note: a sync point, once per batch
+                if out.clean_logits is not None:
+                    clean_hits += (out.clean_logits.argmax(1) == y).sum().item()
+                    clean_seen += len(y)
+                if out.adv_logits is not None:
+                    adv_hits += (out.adv_logits.argmax(1) == y).sum().item()
+                    adv_seen += len(y)
+                bar.set_postfix(loss=f"{loss_sum / ((b + 1) * cfg.batch_size):.3f}", eps=f"{ctx.eps:.3f}")
+                if guard.active and cfg.guard_every and (b + 1) % cfg.guard_every == 0 and b + 1 < batches_per_epoch:
+                    probe(b + 1)
+            if guard.active:  # at least once per epoch, before the epoch is validated and selected
+                probe(batches_per_epoch)
+            _add(passes["train"], counter.take())
+            train_seconds = time.perf_counter() - start
+            val_clean, val_robust = validate(model, splits, cfg, attack_gen)
+            val_passes = counter.take()
+            key = [val_robust, val_clean]
+            if best is None or key > best["key"]:
+                best = {"epoch": epoch, "key": key, "weights": _clone(model.state_dict())}
+                if run_dir is not None:
+                    save_weights(model, Path(run_dir) / "model.safetensors")
+            work = sum(passes["train"]) + sum(passes["guard"])
+            row = {
+                "epoch": epoch,
+                "recipe": recipe_name if guard.recipe != PGD2 else "pgd-2",
+                "loss": loss_sum / n,
+                "train_clean_accuracy": clean_hits / clean_seen if clean_seen else None,
+                "train_robust_accuracy": adv_hits / adv_seen if adv_seen else None,
+                "val_clean_accuracy": val_clean,
+                "val_robust_accuracy": val_robust,
+                "best_epoch": best["epoch"],
+                "eps": ctx.eps,
+                "lr": lr,
+                "forward_passes": passes["train"][0],
+                "backward_passes": passes["train"][1],
+                "guard_forward_passes": passes["guard"][0],
+                "guard_backward_passes": passes["guard"][1],
+                "val_forward_passes": val_passes[0],
+                "val_backward_passes": val_passes[1],
+                # against a standard epoch: one forward and one backward pass per training example
+                "cost_multiplier": work / (2 * n),
+                "guard_events": events,
+                "seconds": train_seconds,
+                "guard_seconds": guard_seconds,
+                "val_seconds": time.perf_counter() - start - train_seconds,
+            }
+            history.append(row)
+            if metrics_path is not None:
+                append_jsonl(metrics_path, row)
+            if run_dir is not None:
+                save_weights(model, Path(run_dir) / "model_last.safetensors")
+                save_checkpoint(run_dir, {
+                    "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "guard": guard.state_dict(),
+                    "recipe_state": {k: v.detach().cpu() for k, v in ctx.state.items()},
+                    "rng": rng_state(shuffle_gen, attack_gen), "history": history, "best": best,
+                })
+            if on_epoch is not None:
+                on_epoch(row)
+    finally:
+        counter.detach()
+    if cfg.select == "best" and best is not None:
+        model.load_state_dict(best["weights"])
     return history
+
+
+def _add(total: list[int], counts: tuple[int, int]) -> None:
+    total[0] += counts[0]
+    total[1] += counts[1]
 
 
 def check_device(device: str) -> torch.device:
@@ -159,3 +273,7 @@ def check_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ToughenUsageError("--device cuda was asked for, but this PyTorch build sees no GPU")
     return dev
+
+
+__all__ = ["TIMING_FIELDS", "TrainingDiverged", "check_device", "eps_at", "fit", "lr_factor", "make_optimizer",
+           "validate"]

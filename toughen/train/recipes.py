@@ -8,19 +8,27 @@ any training loop::
     out.loss.backward(); optimizer.step()
 
 The loop in :mod:`toughen.train.loop` sets the model's mode; recipes never change it.
+
+A recipe returns the loss and the loop takes the optimizer step, except for a recipe such as
+``free`` that takes several steps per batch: it calls ``ctx.update(loss)`` (backward, clip,
+optimizer step; the loop supplies it) itself and returns ``StepOutput(..., updated=True)``.
+The single-step recipes (fgsm, fgsm_rs, nfgsm, gradalign, free) live in
+:mod:`toughen.train.single_step`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from toughen._registry import Registry
+from toughen import threat
 from toughen.attacks import pgd
+from toughen.errors import ToughenUsageError
 
 
 @dataclass
@@ -33,7 +41,17 @@ class RecipeContext:
     step_size: float | None = None
     bounds: tuple[float, float] = (0.0, 1.0)
     lam: float = 1.0
+    beta: float = 6.0  # trades, mart
+    free_replays: int = 4  # free
+    gradalign_lambda: float = 0.2  # gradalign
+    noise_std: float | None = None  # augment; default eps
+    augment_crop: bool = True  # augment
+    augment_flip: bool = False  # augment
     generator: torch.Generator | None = None
+    # Backward + optimizer step for recipes that take several steps per batch (free).
+    update: Callable[[torch.Tensor], None] | None = None
+    # What a recipe carries from one batch to the next (free's perturbation); checkpointed.
+    state: dict[str, Any] = field(default_factory=dict)
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training attack: PGD from a random start, last iterate (as in Madry et al.)."""
@@ -51,6 +69,7 @@ class StepOutput:
     loss: torch.Tensor
     clean_logits: torch.Tensor | None = None  # for the running train clean accuracy
     adv_logits: torch.Tensor | None = None  # for the running train robust accuracy
+    updated: bool = False  # the recipe took its optimizer step(s) itself through ctx.update
 
 
 Recipe = Callable[[nn.Module, torch.Tensor, torch.Tensor, RecipeContext], StepOutput]
@@ -86,3 +105,100 @@ def mix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) 
     clean, adv = logits[: len(x)], logits[len(x) :]
     loss = F.cross_entropy(clean, y) + ctx.lam * F.cross_entropy(adv, y)
     return StepOutput(loss, clean_logits=clean, adv_logits=adv)
+
+
+@RECIPES.register("trades")
+def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
+    """TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
+    Accuracy"): min CE(f(x), y) + beta * KL(f(x) || f(x')), where x' maximizes the same KL
+    inside the eps-ball, found by PGD from x + 0.001 * N(0, I)."""
+    logits = model(x)
+    p_clean = F.softmax(logits.detach(), dim=1)
+    x_adv = kl_ascent(model, x, p_clean, ctx)
+    logits_adv = model(x_adv)
+    robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+    loss = F.cross_entropy(logits, y) + ctx.beta * robust
+    return StepOutput(loss, clean_logits=logits, adv_logits=logits_adv)
+
+
+def kl_ascent(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, ctx: RecipeContext) -> torch.Tensor:
+    """TRADES' inner maximization: projected ascent on KL(p_clean || f(x + delta)).
+
+    pgd() maximizes a loss of the labels (ce, margin); this objective is a distance to the
+    clean prediction, so the few lines of ascent are here, with the threat model's own step
+    and projection (threat.step)."""
+    if ctx.eps == 0 or ctx.steps == 0:
+        return x
+    step_size = ctx.step_size if ctx.step_size is not None else 2.5 * ctx.eps / ctx.steps
+    noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
+    delta = threat.clamp_to_bounds(x, 0.001 * noise, ctx.bounds)
+    for _ in range(ctx.steps):
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            kl = F.kl_div(F.log_softmax(model(x + delta), dim=1).float(), p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, delta)
+        delta = threat.step(x, delta.detach(), grad, step_size, ctx.eps, ctx.norm, ctx.bounds)
+    return (x + delta).detach()
+
+
+@RECIPES.register("mart")
+def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
+    """MART (Wang et al. 2020, "Improving Adversarial Robustness Requires Revisiting
+    Misclassified Examples"): a boosted CE on the PGD example,
+    BCE = CE(f(x'), y) - log(1 - max_{k != y} p_k(x')), plus
+    beta * KL(f(x) || f(x')) * (1 - p_y(x)), which weighs the misclassified clean examples most."""
+    x_adv = ctx.attack(model, x, y)
+    logits = model(torch.cat([x, x_adv]))
+    clean, adv = logits[: len(x)], logits[len(x) :]
+    p_adv, p_clean = F.softmax(adv, dim=1), F.softmax(clean, dim=1)
+    # the most likely wrong class of each adversarial example
+    wrong = p_adv.scatter(1, y[:, None], float("-inf")).argmax(dim=1)
+    bce = F.cross_entropy(adv, y) + F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), wrong)
+    kl = (p_clean * (torch.log(p_clean + 1e-12) - torch.log(p_adv + 1e-12))).sum(dim=1)
+    p_true = p_clean.gather(1, y[:, None]).squeeze(1)
+    loss = bce + ctx.beta * (kl * (1.0000001 - p_true)).mean()
+    return StepOutput(loss, clean_logits=clean, adv_logits=adv)
+
+
+@RECIPES.register("augment")
+def augment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
+    """The data-augmentation baseline the robust recipes are compared with: a random crop
+    (pad by 1/8 of the side, shift), an optional horizontal flip, and Gaussian noise of
+    standard deviation ``noise_std`` (default eps), clamped to the bounds. No attack."""
+    x_aug = x
+    if ctx.augment_crop:
+        x_aug = random_crop(x, max(1, x.shape[-1] // 8), ctx.bounds[0], ctx.generator)
+    if ctx.augment_flip:
+        flip = torch.rand(len(x), generator=ctx.generator, device=x.device) < 0.5
+        x_aug = torch.where(flip[:, None, None, None], x_aug.flip(-1), x_aug)
+    std = ctx.noise_std if ctx.noise_std is not None else ctx.eps
+    noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
+    x_aug = (x_aug + std * noise).clamp(*ctx.bounds)
+    logits = model(x_aug)
+    return StepOutput(F.cross_entropy(logits, y), clean_logits=logits)
+
+
+def random_crop(x: torch.Tensor, pad: int, fill: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Each image shifted by its own random offset in [-pad, pad] along both axes, the border
+    filled with ``fill``: a random crop of the padded image, without a Python loop."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), value=fill)
+    off = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=x.device)
+    rows = (torch.arange(h, device=x.device)[None, :] + off[0][:, None])[:, None, :, None]
+    cols = (torch.arange(w, device=x.device)[None, :] + off[1][:, None])[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def require_update(ctx: RecipeContext, recipe: str) -> Callable[[torch.Tensor], None]:
+    if ctx.update is None:
+        raise ToughenUsageError(
+            f"the {recipe} recipe takes its own optimizer steps: give RecipeContext an update(loss) "
+            "that runs backward and optimizer.step()"
+        )
+    return ctx.update
+
+
+# The single-step recipes register themselves into RECIPES.
+from toughen.train import single_step  # noqa: E402,F401
