@@ -30,7 +30,8 @@ from toughen.text.data import TextSplits, is_text_data, load_text_data
 from toughen.text.evaluation import evaluate_text_attack
 from toughen.text.models import build_text_model, is_text_model
 from toughen.text.recipes import TEXT_RECIPES, TextRecipeContext
-from toughen.train.loop import TrainingDiverged, check_device, lr_factor, make_optimizer
+from toughen.train.loop import TrainingDiverged, check_device, make_optimizer
+from toughen.train.schedules import lr_factor
 
 
 @dataclass
