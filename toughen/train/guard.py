@@ -11,7 +11,7 @@ random start every time, so probes are comparable and consume no training random
 the probe's PGD accuracy falls below ``guard_ratio`` times its best so far, it restores the
 weights and optimizer state of the last probe that passed, and switches the run to a safer
 recipe: ``guard_fallback`` (N-FGSM by default), and after a second collapse PGD with 2 steps.
-Every probe that passes becomes the new "last good" snapshot.
+Every probe within ``GOOD_FRACTION`` of the best becomes the new "last good" snapshot.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from toughen.train.single_step import SINGLE_STEP
 # Below this best probe accuracy a "drop to half" is within the noise of a 128-example probe
 # (and early in training, or during an eps warm-up, the best is still rising from 0).
 MIN_BEST = 0.1
+# A snapshot is "good" only when its probe is near the best, so that a restore does not land on
+# weights already sliding towards the collapse (with their optimizer momentum).
+GOOD_FRACTION = 0.8
 PGD2 = "pgd2"  # the last fallback: the pgd recipe with 2 steps
 
 
@@ -70,6 +73,8 @@ class Guard:
         if self.best >= MIN_BEST and pgd_acc < self.cfg.guard_ratio * self.best and self._good is not None:
             return self._recover(model, optimizer, epoch, batch, pgd_acc, fgsm_acc)
         self.best = max(self.best, pgd_acc)
+        if pgd_acc < GOOD_FRACTION * self.best:
+            return None
         self._good = {
             "epoch": epoch, "batch": batch,
             "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
