@@ -62,7 +62,7 @@ def test_sigkill_mid_epoch_then_resume_ends_identical(tmp_path):
     proc.wait()
     assert not (killed / "summary.json").exists()
     done = load_checkpoint(killed)["epoch"]
-    assert 2 <= done < 5
+    assert 1 <= done < 5  # the kill may land before the second epoch's checkpoint is renamed into place
 
     out = subprocess.run(_cli("--resume", str(killed), "--json"), check=True, env=_env(), capture_output=True,
                          text=True)
