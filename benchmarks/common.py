@@ -38,11 +38,18 @@ class Timed:
 
     name: str
     seconds: list[float] = field(default_factory=list)
+    # CPU time of this process: on a loaded machine, with one torch thread, a measure of the work
+    # done that does not count the time other processes held the cores.
+    cpu_seconds: list[float] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_seconds)
 
     @property
     def spread(self) -> float:
@@ -69,9 +76,10 @@ def round_robin(
     for rep in range(reps):
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = contenders[name](rep)
             timed[name].seconds.append(time.perf_counter() - t0)
+            timed[name].cpu_seconds.append(time.process_time() - c0)
             timed[name].results.append(out)
     return timed
 

@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--run", default=None, help="run directory of a PGD-trained mnist5k model")
     ap.add_argument("--quick", action="store_true", help="smoke-run each script (no docs written)")
     ap.add_argument("--only", default=None, help="comma-separated subset: attacks,art-training,eval,training")
+    ap.add_argument("--threads", default=None, help="torch threads for the scripts that take --threads")
     ap.add_argument("--full", action="store_true",
                     help="other issues' scripts at their own (longer) defaults instead of the 15-minute sizes")
     args = ap.parse_args()
@@ -53,12 +54,14 @@ def main() -> None:
     run = pick_model(args.run)
     py = sys.executable
     quick = ["--quick"] if args.quick else []
+    quick += ["--threads", args.threads] if args.threads else []
     plan = [
         ("attacks", [py, str(HERE / "bench_attacks.py"), "--run", run, *quick]),
         ("art-training", [py, str(HERE / "bench_art_training.py"), *quick]),
     ]
     if (HERE / "bench_eval.py").is_file():  # issue 3: toughen's `standard` suite vs AutoAttack
         size = [] if args.full else ["--n", "20" if args.quick else "100"]
+        size += ["--threads", args.threads] if args.threads else []
         plan.append(("eval", [py, str(HERE / "bench_eval.py"), "--run", run, *size]))
     if (HERE / "bench_training.py").is_file():  # issue 4: single-step vs PGD training
         size = [] if args.full else ["--epochs", "1" if args.quick else "3"]
