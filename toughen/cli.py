@@ -120,6 +120,8 @@ def train(
         from toughen.train import resume as resume_run
 
         summary = _diverged_is_an_error(resume_run, resume, progress=not json_out, device=device)
+        if not _main_process():
+            return
         if json_out:
             print(json.dumps(summary))
         else:
@@ -138,7 +140,7 @@ def train(
         return
     cfg = TrainConfig.from_dict(values)
     logger = None
-    if tensorboard:
+    if tensorboard and _main_process():
         from toughen.report.tensorboard import TensorBoardLogger
 
         logger = TensorBoardLogger(out_dir / "tensorboard")  # fails here, before training, if not installed
@@ -148,10 +150,19 @@ def train(
     finally:
         if logger is not None:
             logger.close()
+    if not _main_process():
+        return
     if json_out:
         print(json.dumps(summary))
     else:
         _print_table(f"{out_dir}", [summary])
+
+
+def _main_process() -> bool:
+    """False in the processes of a torchrun job other than rank 0: they print nothing."""
+    from toughen.train.distributed import from_env
+
+    return from_env().is_main
 
 
 def _diverged_is_an_error(fn, *args, **kwargs):
@@ -213,6 +224,8 @@ def eval_(
             eps=_parse_number(eps, "--eps") if eps is not None else None, norm=norm, n=n, seed=seed,
             device=device, eps_sweep=sweep, progress=not json_out,
         )
+        if not _main_process():
+            return
         if json_out:
             print(json.dumps(result))
         else:
@@ -223,6 +236,8 @@ def eval_(
         return
     result = _evaluate_run(run_dir, attack or "pgd", eps, norm, steps, step_size, restarts, loss, n, seed, device,
                            progress=not json_out)
+    if not _main_process():
+        return
     if json_out:
         print(json.dumps(result))
     else:
@@ -235,6 +250,7 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
     from toughen.data import load_data
     from toughen.evaluation import evaluate_attack
     from toughen.runs import load, read_config, record_evaluation
+    from toughen.train.distributed import setup as setup_distributed
     from toughen.train.loop import check_device
 
     cfg = read_config(run_dir)
@@ -256,18 +272,21 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
         options.update(steps=steps, restarts=restarts, early_stop=True)
         if step_size is not None:
             options["step_size"] = _parse_number(step_size, "--step-size")
-    dev = check_device(device)
+    dist, dev = setup_distributed(check_device(device))  # under torchrun: each rank its shard
     model = load(run_dir, device=dev)
-    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"])
+    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
+                       options=train_cfg.get("data_options"))
     x, y = splits.x_test[:n], splits.y_test[:n]
-    result = evaluate_attack(model, x, y, Attack(attack, options), eps=eps_value, norm=norm, bounds=bounds,
-                             seed=seed, progress=progress)
+    result = evaluate_attack(model, dist.shard(x), dist.shard(y), Attack(attack, options), eps=eps_value, norm=norm,
+                             bounds=bounds, seed=seed + 7919 * dist.rank, progress=progress and dist.is_main)
+    result = dist.merge_evaluation(result)
     robust = result.pop("robust")
     names = cfg["data_info"]["class_names"]
     result["per_class_robust_accuracy"] = {
         names[c]: robust[y == c].float().mean().item() for c in range(len(names)) if (y == c).any()
     }
-    record_evaluation(run_dir, result)
+    if dist.is_main:
+        record_evaluation(run_dir, result)
     return result
 
 

@@ -268,7 +268,7 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
         cfg = read_config(run_dir)
         train = cfg["train"]
         model = load(run_dir, device=dev)
-        splits = load_data(train["data"], train["data_dir"], train["val_size"])
+        splits = load_data(train["data"], train["data_dir"], train["val_size"], options=train.get("data_options"))
         eps = eps if eps is not None else train["eps"]
         norm = norm or train["norm"]
         bounds = tuple(cfg["data_info"]["bounds"])

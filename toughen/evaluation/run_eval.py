@@ -36,6 +36,7 @@ def evaluate_run_suite(
     from toughen.data import load_data
     from toughen.evaluation.suite import evaluate, resolve_suite, robustness_curve
     from toughen.runs import load, read_config, record_evaluation
+    from toughen.train.distributed import setup as setup_distributed
     from toughen.train.loop import check_device
 
     run_dir = Path(run_dir)
@@ -54,12 +55,16 @@ def evaluate_run_suite(
         if attack == "pgd":
             options.update(steps=steps, restarts=restarts, early_stop=True)
         attacks, name = [Attack(attack, options)], "custom"
-    dev = check_device(device)
+    # Under torchrun each rank attacks its shard of the examples (toughen.train.distributed).
+    dist, dev = setup_distributed(check_device(device))
     model = load(run_dir, device=dev)
-    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"])
+    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
+                       options=train_cfg.get("data_options"))
     x, y = splits.x_test[:n], splits.y_test[:n]
-    result = evaluate(model, x, y, suite=attacks, eps=eps_value, norm=norm, bounds=bounds, seed=seed,
-                      progress=progress, state_file=run_dir / STATE_FILE)
+    xs, ys, rank_seed = dist.shard(x), dist.shard(y), seed + 7919 * dist.rank
+    result = evaluate(model, xs, ys, suite=attacks, eps=eps_value, norm=norm, bounds=bounds, seed=rank_seed,
+                      progress=progress and dist.is_main, state_file=None if dist.enabled else run_dir / STATE_FILE)
+    result = dist.merge_evaluation(result)
     robust = result.pop("robust")
     result["suite"] = name
     result["attack"] = f"suite:{name}" if suite is not None else attacks[0].label
@@ -70,8 +75,10 @@ def evaluate_run_suite(
     if eps_sweep:
         result["curve"] = [
             {"eps": row["eps"], "robust_accuracy": row["robust_accuracy"], "seconds": row["seconds"]}
-            for row in robustness_curve(model, x, y, eps_sweep, suite=attacks, norm=norm, bounds=bounds, seed=seed,
-                                        progress=progress)
+            for row in dist.merge_rows(robustness_curve(model, xs, ys, eps_sweep, suite=attacks, norm=norm,
+                                                        bounds=bounds, seed=rank_seed,
+                                                        progress=progress and dist.is_main), len(xs))
         ]
-    record_evaluation(run_dir, result)
+    if dist.is_main:
+        record_evaluation(run_dir, result)
     return result

@@ -183,9 +183,11 @@ def _galleries(runs: list[RunRecord], n: int, steps: int, device: str) -> list[d
     galleries = []
     for run in runs:
         key = (run.train.get("data"), run.train.get("data_dir"), run.train.get("val_size"))
+        options = run.train.get("data_options") or {}
+        key += tuple(sorted(options.items()))
         try:
             if key not in cache:
-                cache[key] = load_data(*key)
+                cache[key] = load_data(*key[:3], options=options)
         except (ToughenUsageError, FileNotFoundError) as e:  # e.g. a data_dir from another machine
             galleries.append({"ok": False, "reason": f"the test data could not be loaded ({e})",
                               "name": run.name, "label": run.label()})

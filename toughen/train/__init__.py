@@ -24,6 +24,7 @@ from toughen.models import build_model
 from toughen.errors import ToughenUsageError
 from toughen.runs import atomic_write_text, git_revision, prepare_run_dir, read_config, save_weights, write_json
 from toughen.train.config import TrainConfig
+from toughen.train.distributed import Dist, setup as setup_distributed
 from toughen.train.loop import TIMING_FIELDS, TrainingDiverged, check_device, fit
 from toughen.train.recipes import RECIPES, RecipeContext, StepOutput, list_recipes
 from toughen.train.single_step import SINGLE_STEP
@@ -41,15 +42,18 @@ def train(
 ) -> dict[str, Any]:
     """Train a model as ``cfg`` says and write the run directory ``out``; return the summary.
 
+    Under ``torchrun`` (see :mod:`toughen.train.distributed`) every process calls this with the
+    same arguments; they train one model together and only rank 0 writes ``out``.
+
     Everything is validated before anything is written. ``on_epoch`` receives each epoch's
     metrics row as it is written (the CLI's ``--tensorboard`` logs through it). With ``resume``,
     ``out`` is an interrupted run of the same ``cfg``, continued from its last complete epoch
     (see :func:`resume`).
     """
     cfg.validate()
-    dev = check_device(device)
-    splits = load_data(cfg.data, cfg.data_dir, cfg.val_size)
-    run_dir = Path(out) if resume else prepare_run_dir(out, overwrite)
+    dist, dev = setup_distributed(check_device(device))
+    splits = load_data(cfg.data, cfg.data_dir, cfg.val_size, options=cfg.data_options)
+    run_dir = Path(out) if resume else _prepare_run_dir(dist, out, overwrite)
 
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = build_model(
@@ -71,28 +75,34 @@ def train(
             "n_val": len(splits.x_val),
             "n_test": len(splits.x_test),
         },
+        "world_size": dist.world_size,  # processes that trained it (torchrun); 1 without
         "toughen_version": toughen.__version__,
         "torch_version": str(torch.__version__),
         "git_revision": git_revision(),
     }
-    if not resume:
+    if not resume and dist.is_main:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False))
 
     start = time.perf_counter()
-    history = fit(model, splits, cfg, run_dir=run_dir, resume=resume, progress=progress, on_epoch=on_epoch)
+    history = fit(model, splits, cfg, run_dir=run_dir, resume=resume, progress=progress, on_epoch=on_epoch,
+                  dist=dist)
     wall_seconds = time.perf_counter() - start
-    save_weights(model, run_dir / "model.safetensors")  # the selected epoch's weights (cfg.select)
+    if dist.is_main:
+        save_weights(model, run_dir / "model.safetensors")  # the selected epoch's weights (cfg.select)
 
     # The headline numbers, on the test split, which nothing above has looked at.
     model.eval()
-    n = cfg.eval_n or len(splits.x_test)
-    x_test, y_test = splits.x_test[:n], splits.y_test[:n]
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 2)
-    clean = clean_correct(model, x_test, y_test).float().mean().item()
+    n = min(cfg.eval_n or len(splits.x_test), len(splits.x_test))
+    # Each rank attacks its shard of the test examples; the counts are summed.
+    x_test, y_test = dist.shard(splits.x_test[:n]), dist.shard(splits.y_test[:n])
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 2 + dist.rank)
+    clean = clean_correct(model, x_test, y_test).sum().item()
     robust = attack_correct(
         model, x_test, y_test, Attack("pgd", {"steps": cfg.eval_steps, "early_stop": True}),
-        eps=cfg.eps, norm=cfg.norm, bounds=splits.bounds, generator=gen, progress=progress, desc="test PGD",
-    ).float().mean().item()
+        eps=cfg.eps, norm=cfg.norm, bounds=splits.bounds, generator=gen, progress=progress and dist.is_main,
+        desc="test PGD",
+    ).sum().item()
+    clean, robust = (v / n for v in dist.sum([clean, robust]))
     summary = {
         "data": cfg.data,
         "model": cfg.model,
@@ -112,10 +122,27 @@ def train(
         **_cost(history, len(splits.x_train)),
         "guard": _guard_summary(cfg, history),
         "resumed": resume,
+        "world_size": dist.world_size,
         "wall_seconds_this_process": wall_seconds,
     }
-    write_json(run_dir / "summary.json", summary)
+    if dist.is_main:
+        write_json(run_dir / "summary.json", summary)
+    dist.barrier()  # the files exist when any rank returns
     return summary
+
+
+def _prepare_run_dir(dist: Dist, out: str | Path, overwrite: bool) -> Path:
+    """Rank 0 prepares ``out``; its refusal (a non-empty directory) is every rank's error."""
+    error = None
+    if dist.is_main:
+        try:
+            prepare_run_dir(out, overwrite)
+        except ToughenUsageError as e:
+            error = str(e)
+    error = dist.broadcast(error)
+    if error is not None:
+        raise ToughenUsageError(error)
+    return Path(out)
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, device: str = "cpu") -> dict[str, Any]:

@@ -19,6 +19,7 @@ class TrainConfig:
     # what to train
     data: str = "mnist5k"
     data_dir: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)  # the dataset's own, e.g. {resize: 64} (imagefolder)
     val_size: float = 0.1  # a count, or a fraction of the training split when < 1
     model: str = "small_cnn"
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +45,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "onecycle"
     eps_warmup: float = 0.0  # fraction of training over which eps ramps linearly from 0
+    crop_pad: int = 0  # every recipe: random crops of each training image padded by this many pixels, on the device
+    flip: bool = False  # every recipe: horizontal flips of half the training images, on the device
     seed: int = 0
     amp: str | None = None  # "bf16" or "fp16" autocast for the training step (attack included)
     channels_last: bool = False  # NHWC memory format: faster convolutions on CPUs and tensor cores
@@ -98,6 +101,12 @@ class TrainConfig:
         if self.amp not in (None, "bf16", "fp16"):
             raise ToughenUsageError(f"unknown amp {self.amp!r}; choose bf16 or fp16 (or leave it off)")
         self._validate_new_fields()
+        if not isinstance(self.crop_pad, int) or isinstance(self.crop_pad, bool) or self.crop_pad < 0:
+            raise ToughenUsageError(f"crop_pad is a whole number of pixels >= 0, got {self.crop_pad!r}")
+        if not isinstance(self.flip, bool):
+            raise ToughenUsageError(f"flip is true or false, got {self.flip!r}")
+        if not isinstance(self.data_options, dict):
+            raise ToughenUsageError(f"data_options is a mapping of the dataset's options, got {self.data_options!r}")
         if self.eval_n is not None and self.eval_n < 1:
             raise ToughenUsageError(f"eval_n must be >= 1, got {self.eval_n}")
         return self

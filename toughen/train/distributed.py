@@ -27,6 +27,7 @@ How the work is split, so that N processes train like one process with the same 
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import inspect
 import os
@@ -100,6 +101,43 @@ class Dist:
             out[r :: self.world_size] = part
         return out.to(local.device)
 
+    def merge_evaluation(self, local: dict[str, Any]) -> dict[str, Any]:
+        """One evaluation result (``toughen.evaluation.evaluate_attack`` or ``toughen.evaluate``)
+        from every rank's result on its shard: the per-example ``robust`` mask interleaved back,
+        robust accuracy recounted from it, clean accuracy and the ``per_attack`` rows averaged
+        weighted by shard size, ``n`` summed, ``seconds`` the slowest rank's."""
+        if not self.enabled:
+            return local
+        parts = self.gather({k: v for k, v in local.items() if k not in ("robust", "per_attack")})
+        total = sum(p["n"] for p in parts)
+        merged = dict(parts[0])
+        merged["n"] = total
+        merged["seconds"] = max(p["seconds"] for p in parts)
+        merged["clean_accuracy"] = sum(p["clean_accuracy"] * p["n"] for p in parts) / total
+        if "per_attack" in local:
+            merged["per_attack"] = self.merge_rows(local["per_attack"], local["n"])
+        robust = self.unshard(local["robust"])
+        merged["robust"] = robust
+        merged["robust_accuracy"] = robust.float().mean().item()
+        return merged
+
+    def merge_rows(self, rows: list[dict[str, Any]], n_local: int) -> list[dict[str, Any]]:
+        """Rows of ``{"robust_accuracy", "seconds", ...}`` measured on each rank's ``n_local``
+        examples (per attack of a suite, per eps of a curve): accuracies averaged weighted by
+        shard size, seconds the slowest rank's, other keys rank 0's."""
+        if not self.enabled:
+            return rows
+        parts = self.gather((rows, n_local))
+        total = sum(n for _, n in parts)
+        merged = []
+        for i, row in enumerate(parts[0][0]):
+            out = dict(row)
+            out["robust_accuracy"] = sum(r[i]["robust_accuracy"] * n for r, n in parts) / total
+            if "seconds" in row:
+                out["seconds"] = max(r[i]["seconds"] for r, _ in parts)
+            merged.append(out)
+        return merged
+
     def barrier(self) -> None:
         if self.enabled:
             td.barrier()
@@ -160,6 +198,7 @@ def setup(device: str | torch.device = "cpu", timeout_s: float = 1800) -> tuple[
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
         td.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        atexit.register(teardown)  # leave the group cleanly when the command ends
     return dist, dev
 
 

@@ -23,18 +23,23 @@ from tqdm.auto import tqdm
 
 from toughen.attacks import Attack
 from toughen.data import Splits
+from toughen.data.augment import crop_flip
 from toughen.errors import ToughenUsageError
 from toughen.evaluation import attack_correct, clean_correct
 from toughen.runs import append_jsonl, atomic_write_text, save_weights
 from toughen.train.checkpoint import CHECKPOINT, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from toughen.train.config import TrainConfig
 from toughen.train.cost import PassCounter
+from toughen.train.distributed import SINGLE, Dist
 from toughen.train.guard import PGD2, Guard
 from toughen.train.recipes import RECIPES, RecipeContext
 from toughen.train.schedules import eps_at, lr_factor
 
 # Fields of a metrics row that measure time, not training: they differ between identical runs.
 TIMING_FIELDS = ("seconds", "guard_seconds", "val_seconds")
+# Rank r's attack generator is seeded seed + 1 + r * this, so ranks draw different random starts
+# and rank 0 (the only one of a single-process run) keeps the single-process seed.
+_RANK_SEED_STRIDE = 7919
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,16 +61,20 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def validate(model: nn.Module, splits: Splits, cfg: TrainConfig, generator: torch.Generator) -> tuple[float, float]:
-    """Clean and PGD accuracy on the validation split (the model is put in eval mode)."""
+def validate(model: nn.Module, splits: Splits, cfg: TrainConfig, generator: torch.Generator,
+             dist: Dist = SINGLE) -> tuple[float, float]:
+    """Clean and PGD accuracy on the validation split (the model is put in eval mode). In a
+    distributed run each rank takes its shard and the counts are summed."""
     model.eval()
     steps = cfg.val_attack_steps if cfg.val_attack_steps is not None else max(cfg.steps, 1)
-    clean = clean_correct(model, splits.x_val, splits.y_val).float().mean().item()
+    x, y = dist.shard(splits.x_val), dist.shard(splits.y_val)
+    clean = clean_correct(model, x, y).sum().item()
     robust = attack_correct(
-        model, splits.x_val, splits.y_val, Attack("pgd", {"steps": steps, "early_stop": True}),
+        model, x, y, Attack("pgd", {"steps": steps, "early_stop": True}),
         eps=cfg.eps, norm=cfg.norm, bounds=splits.bounds, generator=generator,
-    ).float().mean().item()
-    return clean, robust
+    ).sum().item()
+    clean, robust = dist.sum([clean, robust])
+    return clean / len(splits.y_val), robust / len(splits.y_val)
 
 
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -82,6 +91,7 @@ def fit(
     metrics_path: Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> list[dict]:
     """Train ``model`` in place on ``splits`` with ``cfg``'s recipe; return the per-epoch metrics.
 
@@ -94,6 +104,10 @@ def fit(
     With ``run_dir``, the best epoch's weights are written to model.safetensors as training
     goes, the last epoch's to model_last.safetensors, and a checkpoint after each epoch; with
     ``resume``, training continues from that checkpoint exactly as if never interrupted.
+
+    With ``dist`` (:mod:`toughen.train.distributed`, under torchrun), every rank calls this with
+    the same arguments: each trains on its shard of every global batch through DDP, the metrics
+    are the whole job's, and only rank 0 writes files or calls ``on_epoch``.
     """
     device = next(model.parameters()).device
     if run_dir is not None and metrics_path is None:
@@ -103,19 +117,30 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
-    # Two explicit generators: one for the order of batches, one for attacks' random starts.
+    # The recipe runs the DDP-wrapped model (gradients averaged across ranks); everything else
+    # (validation, the guard, checkpoints) the bare one. The same object in a single process.
+    step_model = dist.wrap(model, device)
+    # Two explicit generators: one for the order of batches (the same on every rank), one for
+    # attacks' random starts and the batch augmentation (each rank its own).
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + _RANK_SEED_STRIDE * dist.rank)
+    grad_weight = 1.0  # this rank's share of the global batch, times the world size (see below)
     guard = Guard(cfg, splits.x_val, splits.y_val)
 
     def update(loss: torch.Tensor) -> None:
         """Backward and one optimizer step; a recipe that owns its steps calls this itself."""
-        if not torch.isfinite(loss):  # note: a CPU-GPU sync point, once per step
+        bad = not torch.isfinite(loss)  # note: a CPU-GPU sync point, once per step
+        if dist.enabled:
+            bad = dist.any(bad, device)  # every rank stops, or none: a lone rank would leave the others waiting
+        if bad:
             where = f"; the last complete epoch's checkpoint is kept in {Path(run_dir) / CHECKPOINT}" if run_dir else ""
             raise TrainingDiverged(f"the loss became {loss.item()} in epoch {epoch}, batch {b}{where}; "
                                    "lower --lr (or set --grad-clip) and train again")
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
+        # global batch makes that average the gradient of the global mean loss even when the last
+        # batch does not split evenly.
+        scaler.scale(loss * grad_weight if grad_weight != 1.0 else loss).backward()
         if cfg.grad_clip is not None:
             scaler.unscale_(optimizer)  # clip the true gradient, not the fp16-scaled one
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -140,8 +165,16 @@ def fit(
             guard.load_state_dict(ckpt["guard"])
             ctx.state = {k: v.to(device) for k, v in ckpt["recipe_state"].items()}
             restore_rng(ckpt["rng"], shuffle_gen, attack_gen)
+            ranks = ckpt["rng"].get("attack_by_rank")
+            if dist.enabled:
+                if ranks is None or len(ranks) != dist.world_size:
+                    raise ToughenUsageError(
+                        f"{run_dir} was checkpointed by {len(ranks) if ranks else 1} process(es); resume it with "
+                        f"the same number (torchrun --nproc-per-node), not {dist.world_size}"
+                    )
+                attack_gen.set_state(ranks[dist.rank])
             history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
-        if metrics_path is not None:  # drop rows of an epoch that did not reach its checkpoint
+        if metrics_path is not None and dist.is_main:  # drop rows of an epoch that did not reach its checkpoint
             atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
     n = len(splits.x_train)
@@ -174,7 +207,8 @@ def fit(
             counter.take()
             order = torch.randperm(n, generator=shuffle_gen)
             loss_sum = clean_hits = clean_seen = adv_hits = adv_seen = 0.0
-            bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+            bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
+                       disable=not progress or not dist.is_main, leave=False)
             for b in bar:
                 progress_frac = ((epoch - 1) * batches_per_epoch + b) / total
                 lr = cfg.lr * lr_factor(cfg.lr_schedule, progress_frac)
@@ -187,11 +221,16 @@ def fit(
                 # A fresh step size for the warmed-up eps keeps the attack's reach proportional.
                 ctx.eps = eps_at(cfg.eps, cfg.eps_warmup, progress_frac)
                 ctx.step_size = base_step * (ctx.eps / cfg.eps if cfg.eps > 0 else 1.0)
-                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                x = splits.x_train[idx].to(device).contiguous(memory_format=memory_format)
+                global_idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                idx = dist.shard(global_idx)  # this rank's part of the global batch
+                grad_weight = dist.world_size * len(idx) / len(global_idx)
+                x = splits.x_train[idx].to(device)
+                if cfg.crop_pad or cfg.flip:  # on the device, the whole batch at once
+                    x = crop_flip(x, cfg.crop_pad, cfg.flip, attack_gen)
+                x = x.contiguous(memory_format=memory_format)
                 y = splits.y_train[idx].to(device)
                 with autocast(cfg, device):
-                    out = recipe(model, x, y, ctx)
+                    out = recipe(step_model, x, y, ctx)
                 if not out.updated:
                     update(out.loss)
                 loss_sum += out.loss.item() * len(y)  # note: a sync point, once per batch
@@ -208,12 +247,19 @@ def fit(
                 probe(batches_per_epoch)
             _add(passes["train"], counter.take())
             train_seconds = time.perf_counter() - start
-            val_clean, val_robust = validate(model, splits, cfg, attack_gen)
+            val_clean, val_robust = validate(model, splits, cfg, attack_gen, dist)
             val_passes = counter.take()
+            if dist.enabled:  # the whole job's sums; every rank gets the same numbers
+                (loss_sum, clean_hits, clean_seen, adv_hits, adv_seen, *counts) = dist.sum(
+                    [loss_sum, clean_hits, clean_seen, adv_hits, adv_seen, *passes["train"], *passes["guard"],
+                     *val_passes], device)
+                counts = [int(c) for c in counts]
+                passes = {"train": counts[0:2], "guard": counts[2:4]}
+                val_passes = tuple(counts[4:6])
             key = [val_robust, val_clean]
             if best is None or key > best["key"]:
                 best = {"epoch": epoch, "key": key, "weights": _clone(model.state_dict())}
-                if run_dir is not None:
+                if run_dir is not None and dist.is_main:
                     save_weights(model, Path(run_dir) / "model.safetensors")
             work = sum(passes["train"]) + sum(passes["guard"])
             row = {
@@ -241,17 +287,21 @@ def fit(
                 "val_seconds": time.perf_counter() - start - train_seconds,
             }
             history.append(row)
-            if metrics_path is not None:
+            if metrics_path is not None and dist.is_main:
                 append_jsonl(metrics_path, row)
             if run_dir is not None:
+                rng = rng_state(shuffle_gen, attack_gen)
+                if dist.enabled:  # each rank's own attack generator, so a resume continues every rank
+                    rng["attack_by_rank"] = dist.gather(attack_gen.get_state().cpu())
+            if run_dir is not None and dist.is_main:
                 save_weights(model, Path(run_dir) / "model_last.safetensors")
                 save_checkpoint(run_dir, {
                     "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "guard": guard.state_dict(),
                     "recipe_state": {k: v.detach().cpu() for k, v in ctx.state.items()},
-                    "rng": rng_state(shuffle_gen, attack_gen), "history": history, "best": best,
+                    "rng": rng, "history": history, "best": best,
                 })
-            if on_epoch is not None:
+            if on_epoch is not None and dist.is_main:
                 on_epoch(row)
     finally:
         counter.detach()
