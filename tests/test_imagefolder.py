@@ -133,17 +133,19 @@ def test_device_batches_cover_each_example_once_and_shard_by_rank():
 
 
 def test_train_on_an_image_folder_with_a_resize(tmp_path):
-    """`data_options: {resize: N}` reaches the dataset through TrainConfig, end to end."""
+    """`toughen train --resize N` reaches the dataset (data_options), end to end, with the
+    on-device batch augmentation flags."""
+    from toughen.cli import app
     from toughen.runs import read_config
-    from toughen.train import TrainConfig, train
 
     rng = np.random.default_rng(3)
     _write(tmp_path / "img" / "train", rng, 8, size=(10, 7))
     _write(tmp_path / "img" / "test", rng, 3, size=(9, 9))
-    cfg = TrainConfig(data="imagefolder", data_dir=str(tmp_path / "img"), data_options={"resize": 6},
-                      val_size=3, model="small_cnn", recipe="standard", epochs=1, batch_size=8, eps=0.03,
-                      eval_steps=1, val_attack_steps=1, crop_pad=1, flip=True)
-    summary = train(cfg, tmp_path / "run", progress=False)
-    assert summary["n_test"] == 9
+    app(["train", "--data", "imagefolder", "--data-dir", str(tmp_path / "img"), "--resize", "6", "--val-size", "3",
+         "--model", "small_cnn", "--recipe", "standard", "--epochs", "1", "--batch-size", "8", "--eps", "0.03",
+         "--eval-steps", "1", "--crop-pad", "1", "--flip", "--out", str(tmp_path / "run"), "--json"],
+        standalone_mode=False)
     info = read_config(tmp_path / "run")
-    assert info["data_info"]["input_shape"] == [3, 6, 6] and info["train"]["data_options"] == {"resize": 6}
+    assert info["data_info"]["input_shape"] == [3, 6, 6] and info["data_info"]["n_test"] == 9
+    assert info["train"]["data_options"] == {"resize": 6}
+    assert info["train"]["crop_pad"] == 1 and info["train"]["flip"] is True

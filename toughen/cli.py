@@ -84,6 +84,11 @@ def train(
     seed: Optional[int] = typer.Option(None),
     amp: Optional[str] = typer.Option(None, help="Mixed precision for training: bf16 or fp16."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last", help="NHWC memory format (faster on CPU)."),
+    crop_pad: Optional[int] = typer.Option(None, help="Random crops of every training batch, padded by N pixels "
+                                           "(on the device; 4 for CIFAR-10)."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Horizontal flips of half of every "
+                                        "training batch (on the device)."),
+    resize: Optional[int] = typer.Option(None, help="imagefolder: resize images to N x N (shorter side, centre crop)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace toughen's files in a non-empty --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object, no progress."),
@@ -110,9 +115,11 @@ def train(
         gradalign_lambda=gradalign_lambda,
         noise_std=_parse_number(noise_std, "--noise-std") if noise_std is not None else None,
         grad_clip=grad_clip, select=select, patience=patience, guard=guard, guard_every=guard_every,
-        guard_fallback=guard_fallback,
+        guard_fallback=guard_fallback, crop_pad=crop_pad, flip=flip,
     )
     values.update({k: v for k, v in flags.items() if v is not None})
+    if resize is not None:
+        values["data_options"] = {**values.get("data_options", {}), "resize": resize}
     if resume is not None:
         if out_dir is not None or config is not None or values:
             raise ToughenUsageError("--resume continues a run with its own config; give no --out, --config or "
