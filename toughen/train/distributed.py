@@ -62,15 +62,19 @@ class Dist:
         """This rank's part of a batch of indices (or examples): every N-th, from position rank."""
         return idx[self.rank :: self.world_size] if self.enabled else idx
 
-    def sum(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
-        """Element-wise sum of ``values`` over all ranks (float64, so counts stay exact)."""
+    def sum(self, values: Sequence[float], device: torch.device | str | None = None) -> list[float]:
+        """Element-wise sum of ``values`` over all ranks (float64, so counts stay exact). The
+        reduction runs on ``device`` (default: this rank's GPU under NCCL, which reduces only
+        GPU tensors; the CPU under gloo)."""
         if not self.enabled:
             return [float(v) for v in values]
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if td.get_backend() == "nccl" else "cpu"
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
         td.all_reduce(t, op=td.ReduceOp.SUM)
         return t.tolist()
 
-    def any(self, flag: bool, device: torch.device | str = "cpu") -> bool:
+    def any(self, flag: bool, device: torch.device | str | None = None) -> bool:
         """True on every rank if ``flag`` is True on any rank (for decisions all must share)."""
         return self.sum([1.0 if flag else 0.0], device)[0] > 0
 
