@@ -16,9 +16,10 @@ How the work is split, so that N processes train like one process with the same 
 - The model is wrapped in ``DistributedDataParallel``: the gradients of the training loss are
   averaged across ranks in the backward pass, so every rank takes the same optimizer step.
   The attacks inside a recipe run on each rank's own shard; their forward passes go through
-  the wrapper but sync nothing (``broadcast_buffers=False``: BatchNorm statistics stay per
-  rank, as with plain DDP, and a rank can run a different number of attack passes without
-  waiting for the others).
+  the wrapper but sync nothing (no per-forward buffer broadcast, so a rank can run a different
+  number of attack passes without waiting for the others). BatchNorm statistics are gathered
+  per rank in training and averaged across ranks (:meth:`Dist.sync_buffers`) before the model
+  is probed, validated or saved.
 - Validation and evaluation shard the examples the same way and sum the per-example counts
   across ranks (:func:`Dist.sum`). Each example lives on exactly one rank, so the worst case
   per example over several attacks is still taken per example before counting.
@@ -141,6 +142,21 @@ class Dist:
                 out["seconds"] = max(r[i]["seconds"] for r, _ in parts)
             merged.append(out)
         return merged
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Make the model's buffers (BatchNorm running statistics) the same on every rank: the
+        floating ones averaged, the others (counters) rank 0's. Each rank's BatchNorm layers
+        see only its shard in training; before the model is probed, validated or saved, every
+        rank must hold the same model, or their decisions (best epoch, the guard's switch) could
+        differ."""
+        if not self.enabled:
+            return
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                td.all_reduce(buf.data, op=td.ReduceOp.SUM)
+                buf.data.div_(self.world_size)
+            else:
+                td.broadcast(buf.data, src=0)
 
     def barrier(self) -> None:
         if self.enabled:

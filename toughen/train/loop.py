@@ -196,6 +196,7 @@ def fit(
                 nonlocal guard_seconds
                 _add(passes["train"], counter.take())
                 t = time.perf_counter()
+                dist.sync_buffers(model)  # the same model on every rank, so the same decision
                 model.eval()
                 event = guard.check(model, optimizer, splits.bounds, epoch, batch)
                 model.train()
@@ -247,6 +248,7 @@ def fit(
                 probe(batches_per_epoch)
             _add(passes["train"], counter.take())
             train_seconds = time.perf_counter() - start
+            dist.sync_buffers(model)  # one model, validated and saved, whichever rank holds it
             val_clean, val_robust = validate(model, splits, cfg, attack_gen, dist)
             val_passes = counter.take()
             if dist.enabled:  # the whole job's sums; every rank gets the same numbers
