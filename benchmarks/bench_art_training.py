@@ -103,7 +103,9 @@ def run_art(args, splits) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--eps", type=float, default=0.3)
+    # 0.1, not the demo's 0.3: at 0.3 from the first step (ART has no eps warm-up), small_cnn stays at
+    # chance level (10% clean) for the first epochs, and two epochs would compare two untrained models.
+    ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)

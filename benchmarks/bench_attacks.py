@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -241,6 +242,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny batches, 1 repetition, PGD-2/PGD-3")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--render", default=None, metavar="JSON", help="only rewrite the doc section from a result file")
     ap.add_argument("--profile", default=None, metavar="CONTENDERS",
                     help="instead of benchmarking: profile these contenders (comma-separated) on one mnist "
                          "L-inf PGD-10 batch and print where the time goes, operator by operator")
@@ -249,6 +251,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.profile:
         profile(args.run, args.n, [c.strip() for c in args.profile.split(",")])
+        return
+    if args.render:  # tables again from a saved result, e.g. after changing this formatting
+        results = json.loads(Path(args.render).read_text())
+        names = [n for n in ALL_CONTENDERS if n in next(iter(results["models"].values()))["cells"][0]["contenders"]]
+        results["goals"] = goals(results)
+        md = markdown(results, names)
+        print(md)
+        if not args.no_doc:
+            common.write_section("attacks", md)
         return
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]
     steps = [int(s) for s in args.steps.split(",")]
@@ -317,8 +328,12 @@ def _cells(results: dict, data: str) -> list[dict]:
 
 
 def goals(results: dict) -> list[dict]:
-    """The issue's two attack goals, per mnist cell: toughen fp32 within 5% of the bare fp32
-    loop; toughen bf16 at least 2x torchattacks, robust accuracy within 0.5 points of fp32."""
+    """The issue's two attack goals, per cell: toughen fp32 within 5% of the bare fp32 loop;
+    toughen bf16 at least 2x torchattacks, robust accuracy within 0.5 points of fp32.
+
+    The verdict uses wall time, except when torch ran one thread: then this process's CPU time
+    is the measure of work that other processes on the machine cannot inflate."""
+    by_cpu = results["machine"].get("torch_threads") == 1
     rows = []
     for data in results["models"]:
         for cell in _cells(results, data):
@@ -327,21 +342,24 @@ def goals(results: dict) -> list[dict]:
             for ours in ("toughen fp32", "toughen fp32 last"):
                 if ours in c and "bare fp32" in c:
                     ratio = c[ours]["median"] / c["bare fp32"]["median"]
+                    cpu_ratio = c[ours]["cpu_median"] / c["bare fp32"]["cpu_median"]
                     ra, rb = c[ours]["robust_accuracy"], c["bare fp32"]["robust_accuracy"]
+                    gap = None if ra is None else 100 * (ra - rb)
                     rows.append({"goal": f"{ours} / bare fp32 <= 1.05", "where": where, "value": ratio,
-                                 "cpu_value": c[ours]["cpu_median"] / c["bare fp32"]["cpu_median"],
-                                 "met": ratio <= 1.05,
-                                 "robust_gap_points": None if ra is None else 100 * (ra - rb)})
+                                 "cpu_value": cpu_ratio,
+                                 "met": (cpu_ratio if by_cpu else ratio) <= 1.05 and (gap is None or abs(gap) <= 0.5),
+                                 "robust_gap_points": gap})
             for ours in ("toughen bf16+CL", "toughen bf16+CL last"):
                 ref = "toughen fp32" if ours == "toughen bf16+CL" else "toughen fp32 last"
                 if ours in c and "torchattacks" in c:
                     speedup = c["torchattacks"]["median"] / c[ours]["median"]
+                    cpu_speedup = c["torchattacks"]["cpu_median"] / c[ours]["cpu_median"]
                     gap = None
                     if ref in c and c[ours]["robust_accuracy"] is not None:
                         gap = 100 * (c[ours]["robust_accuracy"] - c[ref]["robust_accuracy"])
                     rows.append({"goal": f"torchattacks / {ours} >= 2", "where": where, "value": speedup,
-                                 "cpu_value": c["torchattacks"]["cpu_median"] / c[ours]["cpu_median"],
-                                 "met": speedup >= 2 and (gap is None or abs(gap) <= 0.5),
+                                 "cpu_value": cpu_speedup,
+                                 "met": (cpu_speedup if by_cpu else speedup) >= 2 and (gap is None or abs(gap) <= 0.5),
                                  "robust_gap_points": gap})
     return rows
 
@@ -389,7 +407,11 @@ def markdown(results: dict, names: list[str]) -> str:
         grows = [[r["goal"], r["where"], f"{r['value']:.2f}x", f"{r['cpu_value']:.2f}x",
                   "n/a" if r["robust_gap_points"] is None else f"{r['robust_gap_points']:+.1f}",
                   "met" if r["met"] else "**missed**"] for r in g]
-        parts += ["", "### Goals", "", common.md_table(
+        measure = "CPU time (torch ran one thread)" if results["machine"].get("torch_threads") == 1 else "wall time"
+        parts += ["", "### Goals", "",
+                  f"Verdicts use {measure}; the robust-accuracy gap is against the bare fp32 loop (first goal) or "
+                  "toughen's fp32 attack of the same kind (second goal), on the same examples and random starts, "
+                  "and must be within 0.5 points.", "", common.md_table(
             ["goal", "where", "ratio (wall)", "ratio (CPU time)", "robust acc. gap (points)", ""], grows,
             right={2, 3, 4})]
     return "\n".join(parts)
