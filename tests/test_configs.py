@@ -66,3 +66,20 @@ def test_batch_augmentation_is_seeded_and_changes_training(digits):
     again = _first_epoch(digits, crop_pad=1, flip=True)
     assert augmented["loss"] != plain["loss"]
     assert augmented["loss"] == again["loss"] and augmented["val_clean_accuracy"] == again["val_clean_accuracy"]
+
+
+def test_compile_option_compiles_the_training_step_model(digits, monkeypatch):
+    """With compile, the recipe runs through torch.compile's module (here a stand-in that records
+    the call; a real compile takes tens of seconds on this CPU), and training still counts passes."""
+    compiled = []
+
+    def fake_compile(module):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    row = _first_epoch(digits, compile=True)
+    assert len(compiled) == 1 and row["forward_passes"] > 0
+    assert _first_epoch(digits)["loss"] == row["loss"] and len(compiled) == 1
+    with pytest.raises(ToughenUsageError, match="compile"):
+        TrainConfig(compile="yes").validate()

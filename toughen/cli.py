@@ -89,6 +89,8 @@ def train(
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Horizontal flips of half of every "
                                         "training batch (on the device)."),
     resize: Optional[int] = typer.Option(None, help="imagefolder: resize images to N x N (shorter side, centre crop)."),
+    compile_model: Optional[bool] = typer.Option(None, "--compile", help="torch.compile the training step's model "
+                                                 "(recipe and attack): for GPUs; slower on CPUs."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, help="Replace toughen's files in a non-empty --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object, no progress."),
@@ -115,7 +117,7 @@ def train(
         gradalign_lambda=gradalign_lambda,
         noise_std=_parse_number(noise_std, "--noise-std") if noise_std is not None else None,
         grad_clip=grad_clip, select=select, patience=patience, guard=guard, guard_every=guard_every,
-        guard_fallback=guard_fallback, crop_pad=crop_pad, flip=flip,
+        guard_fallback=guard_fallback, crop_pad=crop_pad, flip=flip, compile=compile_model,
     )
     values.update({k: v for k, v in flags.items() if v is not None})
     if resize is not None:

@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     amp: str | None = None  # "bf16" or "fp16" autocast for the training step (attack included)
     channels_last: bool = False  # NHWC memory format: faster convolutions on CPUs and tensor cores
+    compile: bool = False  # torch.compile the model of the training step (recipe and attack); pays off on GPUs
     grad_clip: float | None = None  # max global L2 norm of the gradient
     # model selection and early stopping, on the validation split's robust accuracy
     select: str = "best"  # "best": the run's model is the best validation epoch; "last": the final one
@@ -103,6 +104,8 @@ class TrainConfig:
         self._validate_new_fields()
         if not isinstance(self.crop_pad, int) or isinstance(self.crop_pad, bool) or self.crop_pad < 0:
             raise ToughenUsageError(f"crop_pad is a whole number of pixels >= 0, got {self.crop_pad!r}")
+        if not isinstance(self.compile, bool):
+            raise ToughenUsageError(f"compile is true or false, got {self.compile!r}")
         if not isinstance(self.flip, bool):
             raise ToughenUsageError(f"flip is true or false, got {self.flip!r}")
         if not isinstance(self.data_options, dict):
