@@ -56,16 +56,16 @@ def main() -> None:
     quick = ["--quick"] if args.quick else []
     quick += ["--threads", args.threads] if args.threads else []
     plan = [
-        ("attacks", [py, str(HERE / "bench_attacks.py"), "--run", run, *quick]),
-        ("art-training", [py, str(HERE / "bench_art_training.py"), *quick]),
+        ("attacks", [py, "benchmarks/bench_attacks.py", "--run", run, *quick]),
+        ("art-training", [py, "benchmarks/bench_art_training.py", *quick]),
     ]
     if (HERE / "bench_eval.py").is_file():  # issue 3: toughen's `standard` suite vs AutoAttack
         size = [] if args.full else ["--n", "20" if args.quick else "100"]
         size += ["--threads", args.threads] if args.threads else []
-        plan.append(("eval", [py, str(HERE / "bench_eval.py"), "--run", run, *size]))
+        plan.append(("eval", [py, "benchmarks/bench_eval.py", "--run", run, *size]))
     if (HERE / "bench_training.py").is_file():  # issue 4: single-step vs PGD training
         size = [] if args.full else ["--epochs", "1" if args.quick else "3"]
-        plan.append(("training", [py, str(HERE / "bench_training.py"), *size]))
+        plan.append(("training", [py, "benchmarks/bench_training.py", *size]))
     only = set(args.only.split(",")) if args.only else None
 
     times: dict[str, float] = {}
