@@ -12,6 +12,24 @@ from toughen.train import TrainConfig, fit
 torch.set_num_threads(2)
 
 
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the command line in-process; return (exit code, stdout, stderr)."""
+    import sys
+
+    from toughen.cli import main
+
+    old, sys.argv = sys.argv, ["toughen", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_data("digits")

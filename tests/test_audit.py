@@ -1,15 +1,14 @@
 """The gradient-masking audit: deliberately masked models are flagged, an honest robust one passes."""
 
 import json
-import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from toughen.cli import main
 from toughen.evaluation.audit import audit, load_factory_model
+from conftest import run_cli
 
 SETTINGS = dict(eps=0.1, steps=10, n_queries=200)
 CHECKS = {"deterministic", "outputs_are_logits", "gradients_finite_nonzero", "single_step_not_stronger",
@@ -86,17 +85,6 @@ def test_a_model_that_returns_probabilities_is_flagged(robust_model, batch):
 
 # ----------------------------------------------------------------------------- command line
 
-def _cli(args, capsys):
-    old, sys.argv = sys.argv, ["toughen", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 FAST = ["--n", "64", "--steps", "10", "--queries", "200", "--json"]
@@ -127,11 +115,11 @@ def test_audit_of_a_factory_model_gates_a_pipeline(robust_model, tmp_path, monke
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    code, out, _ = _cli(["audit", "--model", "my_models:honest", "--data", "digits", "--eps", "0.1", *FAST], capsys)
+    code, out, _ = run_cli(["audit", "--model", "my_models:honest", "--data", "digits", "--eps", "0.1", *FAST], capsys)
     report = json.loads(out)
     assert code == 0 and report["verdict"] == "pass"
     assert {c["name"] for c in report["checks"]} == CHECKS
-    code, out, _ = _cli(["audit", "--model", "my_models:masked", "--data", "digits", "--eps", "0.1", *FAST], capsys)
+    code, out, _ = run_cli(["audit", "--model", "my_models:masked", "--data", "digits", "--eps", "0.1", *FAST], capsys)
     assert code == 1 and json.loads(out)["verdict"] == "suspicious"
     # A registered model name with a safetensors file: the same model, loaded without executing code.
     loaded = load_factory_model("small_cnn", str(weights), "digits", None)
@@ -145,7 +133,7 @@ def test_audit_of_a_run_directory_writes_audit_json(tmp_path, capsys):
 
     run = tmp_path / "run"
     train(TrainConfig(data="digits", recipe="pgd", eps=0.1, epochs=1, steps=2, eval_steps=0), run, progress=False)
-    code, out, _ = _cli(["audit", str(run), *FAST], capsys)
+    code, out, _ = run_cli(["audit", str(run), *FAST], capsys)
     report = json.loads(out)
     assert code == (0 if report["verdict"] == "pass" else 1)
     assert json.loads((run / "audit.json").read_text())["verdict"] == report["verdict"]
@@ -157,5 +145,5 @@ def test_audit_of_a_run_directory_writes_audit_json(tmp_path, capsys):
     (["audit", "--model", "small_cnn", "--data", "digits", "--eps", "0.1"], "--weights"),
 ])
 def test_audit_usage_errors_exit_2(args, message, capsys):
-    code, _, err = _cli(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code == 2 and message in err

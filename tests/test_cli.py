@@ -8,24 +8,11 @@ import pytest
 import torch
 
 import toughen
-from toughen.cli import main
+from conftest import run_cli
 
 TRAIN = ["train", "--data", "digits", "--epochs", "1", "--steps", "2", "--eval-steps", "3", "--eps", "0.1"]
 
 
-def run_cli(args, capsys):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["toughen", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

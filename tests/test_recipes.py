@@ -16,7 +16,8 @@ from toughen.evaluation import attack_correct
 from toughen.models import build_model
 from toughen.train import TrainConfig, fit, list_recipes
 from toughen.train.cost import PassCounter
-from toughen.train.recipes import RECIPES, RecipeContext, random_crop
+from toughen.data.augment import random_crop
+from toughen.train.recipes import RECIPES, RecipeContext
 
 BUDGET = dict(data="digits", epochs=4, steps=3, lr=2e-3, batch_size=64, seed=0, val_attack_steps=1,
               free_replays=2, guard=False)
@@ -142,7 +143,7 @@ def test_free_without_update_is_a_usage_error(standard_model, test_batch):
 def test_random_crop_shifts_each_image_within_the_pad():
     x = torch.zeros(50, 1, 8, 8)
     x[:, 0, 4, 4] = 1.0
-    out = random_crop(x, 1, 0.0, torch.Generator().manual_seed(0))
+    out = random_crop(x, 1, torch.Generator().manual_seed(0), fill=0.0)
     assert out.shape == x.shape
     where = out.flatten(1).argmax(1)
     rows, cols = where // 8, where % 8

@@ -2,16 +2,15 @@
 
 import json
 import math
-import sys
 
 import pytest
 import torch
 
 import toughen
 from toughen.attacks import ATTACKS, Attack, fgsm
-from toughen.cli import main
 from toughen.errors import ToughenUsageError
 from toughen.evaluation import evaluate_loader, robustness_curve
+from conftest import run_cli
 
 PGD5 = Attack("pgd", {"steps": 5, "early_stop": True})
 
@@ -119,21 +118,10 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def _cli(args, capsys):
-    old, sys.argv = sys.argv, ["toughen", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_eval_suite_json_keeps_the_foundation_keys_and_adds_the_suite(run_dir, capsys):
-    code, out, _ = _cli(["eval", str(run_dir), "--suite", "quick", "--eps-sweep", "0.05,0.1", "--n", "60", "--json"],
+    code, out, _ = run_cli(["eval", str(run_dir), "--suite", "quick", "--eps-sweep", "0.05,0.1", "--n", "60", "--json"],
                         capsys)
     assert code == 0
     r = json.loads(out)
@@ -150,9 +138,9 @@ def test_eval_suite_json_keeps_the_foundation_keys_and_adds_the_suite(run_dir, c
 
 
 def test_eval_suite_usage_errors_exit_2(run_dir, capsys):
-    code, _, err = _cli(["eval", str(run_dir), "--suite", "nope"], capsys)
+    code, _, err = run_cli(["eval", str(run_dir), "--suite", "nope"], capsys)
     assert code == 2 and "choose one of" in err
-    code, _, err = _cli(["eval", str(run_dir), "--suite", "quick", "--attack", "fgsm"], capsys)
+    code, _, err = run_cli(["eval", str(run_dir), "--suite", "quick", "--attack", "fgsm"], capsys)
     assert code == 2 and "not both" in err
-    code, _, err = _cli(["eval", str(run_dir), "--eps-sweep", "0.1,x"], capsys)
+    code, _, err = run_cli(["eval", str(run_dir), "--eps-sweep", "0.1,x"], capsys)
     assert code == 2 and "--eps-sweep" in err

@@ -28,6 +28,7 @@ from torch import nn
 from toughen._registry import Registry
 from toughen import threat
 from toughen.attacks import pgd
+from toughen.data.augment import random_crop, random_flip
 from toughen.errors import ToughenUsageError
 
 
@@ -167,28 +168,14 @@ def augment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeConte
     standard deviation ``noise_std`` (default eps), clamped to the bounds. No attack."""
     x_aug = x
     if ctx.augment_crop:
-        x_aug = random_crop(x, max(1, x.shape[-1] // 8), ctx.bounds[0], ctx.generator)
+        x_aug = random_crop(x, max(1, x.shape[-1] // 8), ctx.generator, fill=ctx.bounds[0])
     if ctx.augment_flip:
-        flip = torch.rand(len(x), generator=ctx.generator, device=x.device) < 0.5
-        x_aug = torch.where(flip[:, None, None, None], x_aug.flip(-1), x_aug)
+        x_aug = random_flip(x_aug, ctx.generator)
     std = ctx.noise_std if ctx.noise_std is not None else ctx.eps
     noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
     x_aug = (x_aug + std * noise).clamp(*ctx.bounds)
     logits = model(x_aug)
     return StepOutput(F.cross_entropy(logits, y), clean_logits=logits)
-
-
-def random_crop(x: torch.Tensor, pad: int, fill: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Each image shifted by its own random offset in [-pad, pad] along both axes, the border
-    filled with ``fill``: a random crop of the padded image, without a Python loop."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), value=fill)
-    off = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=x.device)
-    rows = (torch.arange(h, device=x.device)[None, :] + off[0][:, None])[:, None, :, None]
-    cols = (torch.arange(w, device=x.device)[None, :] + off[1][:, None])[:, None, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return padded[batch, chans, rows, cols]
 
 
 def require_update(ctx: RecipeContext, recipe: str) -> Callable[[torch.Tensor], None]:
