@@ -125,6 +125,14 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+def run_weights(run_dir: str | Path) -> Path:
+    """The path of a run's model.safetensors, or a usage error saying training did not finish."""
+    weights = Path(run_dir) / "model.safetensors"
+    if not weights.is_file():
+        raise ToughenUsageError(f"{run_dir} has no model.safetensors; did training finish?")
+    return weights
+
+
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The trained model of a run directory, in eval mode, taking inputs in the data bounds
     (normalization included).
@@ -137,9 +145,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        raise ToughenUsageError(f"{run_dir} has no model.safetensors; did training finish?")
+    weights = run_weights(run_dir)
     data = cfg["data_info"]
     train = cfg["train"]
     model = build_model(

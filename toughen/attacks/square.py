@@ -172,12 +172,18 @@ def _square_run(model, x, y, eps, n_queries, p_init, loss, bounds, generator):
         window = (rows >= vh) & (rows < vh + s) & (cols >= vw) & (cols < vw + s)
         sign = _rand_sign((len(todo), c, 1, 1), x, generator)
         cand = torch.where(window, (xs + eps * sign).clamp(lo, hi), cur)
-        m, v = _margin_and_value(model, cand, y[todo], loss)
-        improved = (v < value[todo]) | (m < 0)
-        best[todo[improved]] = cand[improved]
-        value[todo[improved]] = v[improved]
-        fooled[todo[m < 0]] = True
+        _accept(model, cand, y, todo, loss, best, value, fooled)
     return best, value, fooled
+
+
+def _accept(model, cand, y, todo, loss, best, value, fooled) -> None:
+    """Score the candidates for the examples ``todo``; keep (in place) each one that lowers the
+    objective or fools the model."""
+    m, v = _margin_and_value(model, cand, y[todo], loss)
+    improved = (v < value[todo]) | (m < 0)
+    best[todo[improved]] = cand[improved]
+    value[todo[improved]] = v[improved]
+    fooled[todo[m < 0]] = True
 
 
 def _square_run_l2(model, x, y, eps, n_queries, p_init, loss, bounds, generator):
@@ -214,9 +220,5 @@ def _square_run_l2(model, x, y, eps, n_queries, p_init, loss, bounds, generator)
         cand_delta[w1] = new
         cand_delta = cand_delta * (eps / cand_delta.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
         cand = (xs + cand_delta).clamp(lo, hi)
-        m, v = _margin_and_value(model, cand, y[todo], loss)
-        improved = (v < value[todo]) | (m < 0)
-        best[todo[improved]] = cand[improved]
-        value[todo[improved]] = v[improved]
-        fooled[todo[m < 0]] = True
+        _accept(model, cand, y, todo, loss, best, value, fooled)
     return best, value, fooled

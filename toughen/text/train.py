@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 import toughen
 from toughen import threat
 from toughen.errors import ToughenUsageError
-from toughen.runs import append_jsonl, atomic_write_text, git_revision, load_weights, prepare_run_dir, read_config, save_weights, write_json
+from toughen.runs import append_jsonl, atomic_write_text, git_revision, load_weights, prepare_run_dir, read_config, run_weights, save_weights, write_json
 from toughen.text.attacks import DISCRETE, TEXT_ATTACKS
 from toughen.text.data import TextSplits, is_text_data, load_text_data
 from toughen.text.evaluation import evaluate_text_attack
@@ -225,9 +225,7 @@ def load_text_run(run_dir: str | Path, device: str | torch.device = "cpu"):
     """The trained text model of a run directory, in eval mode."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        raise ToughenUsageError(f"{run_dir} has no model.safetensors; did training finish?")
+    weights = run_weights(run_dir)
     train = cfg["train"]
     model = build_text_model(train["model"], cfg["data_info"]["num_classes"], **train["model_options"])
     load_weights(model, weights)
