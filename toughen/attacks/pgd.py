@@ -57,6 +57,29 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None)
         raise ToughenUsageError(f"target must have the shape of y {tuple(y.shape)}, got {tuple(target.shape)}")
 
 
+def _offer(worst: _WorstCase, model: nn.Module, idx: torch.Tensor, x_new: torch.Tensor, y: torch.Tensor,
+           target: torch.Tensor | None, logits: torch.Tensor, value: torch.Tensor, amp: str | None) -> torch.Tensor:
+    """Offer the iterate ``x_new`` (rows ``idx`` of the batch) to ``worst``; return who it fools.
+
+    Under amp, low-precision logits can be wrong near the decision boundary, so a fooling input
+    only counts after a full-precision check. To keep that check cheap it runs only for examples
+    not yet fooled: an example already fooled keeps its confirmed input.
+    """
+    success = is_successful(logits, y, target)
+    if amp is None:
+        worst.update(idx, x_new, success, value)
+        return success
+    open_ = ~worst.success[idx]
+    success &= open_
+    if success.any():
+        with torch.no_grad(), full_precision(x_new):
+            success[success.clone()] = is_successful(
+                model(x_new[success]), y[success], target[success] if target is not None else None
+            )
+    worst.update(idx[open_], x_new[open_], success[open_], value[open_])
+    return success
+
+
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -99,7 +122,8 @@ def pgd(
         amp: "bf16" or "fp16" runs the forward and backward passes under autocast (about 2x faster
             on CPUs with bf16 instructions and on GPUs); the perturbation stays in x's dtype, and
             an example is only counted as fooled (for early_stop and the final choice) after a
-            check in full precision.
+            check in full precision. Once confirmed, its fooling input is kept (not replaced by
+            later, higher-loss iterates), so the check runs once per example, not every step.
         generator: the source of randomness for the random start; the global one when None.
 
     Returns:
@@ -140,15 +164,10 @@ def pgd(
                 value = value_of(logits)
                 # Gradient with respect to delta only: nothing accumulates on the parameters.
                 (grad,) = torch.autograd.grad(value.sum(), delta)
-            success = is_successful(logits, ys, ts)
-            if amp is not None and track and success.any():
-                # Low-precision logits can be wrong near the decision boundary: confirm in full.
-                with torch.no_grad(), full_precision(x):
-                    success[success.clone()] = is_successful(
-                        model((xs + delta)[success]), ys[success], ts[success] if ts is not None else None
-                    )
             if track:
-                worst.update(idx, xs + delta, success, value)
+                success = _offer(worst, model, idx, xs + delta, ys, ts, logits, value, amp)
+            else:
+                success = is_successful(logits, ys, ts)
             delta = threat.step(xs, delta.detach(), grad, step_size, eps, norm, bounds)
             if early_stop and success.any():
                 keep = ~success
@@ -161,9 +180,9 @@ def pgd(
             continue
         if not track:  # one run, last iterate: Madry's training attack, no extra forward pass
             return (xs + delta).detach()
-        with torch.no_grad(), (full_precision(x) if amp is not None else contextlib.nullcontext()):
+        with torch.no_grad(), autocast_for(x, amp):  # the last iterate is a candidate too
             logits = model(xs + delta)
-        worst.update(idx, xs + delta, is_successful(logits, ys, ts), value_of(logits))
+            _offer(worst, model, idx, xs + delta, ys, ts, logits, value_of(logits), amp)
     return worst.x
 
 
