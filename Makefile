@@ -31,13 +31,14 @@ test: $(STAMP)
 # The peers of benchmarks/ (the `bench` extra of pyproject.toml), installed without their
 # dependencies: torchattacks' metadata asks for torchvision and requests~=2.25, which would replace
 # this torch build (torchvision pins its torch) and which its PGD and AutoAttack never import. ART's
-# own dependencies (numpy, scipy, scikit-learn, tqdm, setuptools, six) are installed normally.
+# own dependencies (numpy, scipy, scikit-learn, tqdm, setuptools, six; multiprocess for its AutoAttack)
+# are installed normally.
 BENCH_PEERS := torchattacks==3.5.1 adversarial-robustness-toolbox==1.20.1
 BENCH_RUN ?=
 
 bench: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(BENCH_PEERS)
-	$(PY) -m pip install -q --disable-pip-version-check six
+	$(PY) -m pip install -q --disable-pip-version-check six multiprocess
 	$(PY) -c "import torch, torchattacks, art; print('torch', torch.__version__, '| torchattacks', torchattacks.__version__, '| art', art.__version__)"
 	$(PY) benchmarks/run_all.py $(if $(BENCH_RUN),--run $(BENCH_RUN),)
 

@@ -207,6 +207,8 @@ def eval_(
                                         "(see docs/evaluation.md). Replaces --attack."),
     eps_sweep: Optional[str] = typer.Option(None, help="Also a robustness curve: comma-separated eps values, "
                                             "e.g. 0.1,0.2,0.3 or 2/255,4/255,8/255."),
+    amp: Optional[str] = typer.Option(None, help="bf16 or fp16: attack passes under autocast (about 2x faster "
+                                      "where supported); who is fooled is still checked in fp32."),
 ) -> None:
     """Evaluate a trained run on its test split: clean and robust accuracy under one attack, or the
     worst case over an attack suite (--suite), optionally over a list of eps (--eps-sweep)."""
@@ -215,6 +217,9 @@ def eval_(
     if read_config(run_dir).get("kind") == "text":
         from toughen.text.cli import eval_command
 
+        if amp is not None:
+            raise ToughenUsageError("--amp applies to image runs; text attacks run in the model's precision")
+
         eval_command(run_dir, json_out=json_out, attack=attack, budget=budget,
                      eps=_parse_number(eps, "--eps") if eps is not None else None, norm=norm, steps=steps,
                      step_size=_parse_number(step_size, "--step-size") if step_size is not None else None,
@@ -222,6 +227,9 @@ def eval_(
         return
     if budget is not None:
         raise ToughenUsageError("--budget applies to text runs only; image attacks take --eps")
+    from toughen.precision import check_amp
+
+    check_amp(amp)
     if suite is not None or eps_sweep is not None:
         from toughen.evaluation.run_eval import evaluate_run_suite
 
@@ -231,7 +239,7 @@ def eval_(
         result = evaluate_run_suite(
             run_dir, suite=suite, attack=attack or "pgd", steps=steps, restarts=restarts, loss=loss,
             eps=_parse_number(eps, "--eps") if eps is not None else None, norm=norm, n=n, seed=seed,
-            device=device, eps_sweep=sweep, progress=not json_out,
+            device=device, eps_sweep=sweep, progress=not json_out, amp=amp,
         )
         if not _main_process():
             return
@@ -244,7 +252,7 @@ def eval_(
                 out.print(f"eps {row['eps']:.4g}: robust accuracy {100 * row['robust_accuracy']:.1f}%")
         return
     result = _evaluate_run(run_dir, attack or "pgd", eps, norm, steps, step_size, restarts, loss, n, seed, device,
-                           progress=not json_out)
+                           progress=not json_out, amp=amp)
     if not _main_process():
         return
     if json_out:
@@ -253,7 +261,8 @@ def eval_(
         _print_table(str(run_dir), [result])
 
 
-def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, n, seed, device, progress):
+def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, n, seed, device, progress,
+                  amp=None):
     from toughen import threat
     from toughen.attacks import Attack, get_attack
     from toughen.data import load_data
@@ -281,6 +290,11 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
         options.update(steps=steps, restarts=restarts, early_stop=True)
         if step_size is not None:
             options["step_size"] = _parse_number(step_size, "--step-size")
+    if amp is not None:
+        from toughen.evaluation.suite import with_amp
+
+        (chosen,) = with_amp([Attack(attack, options)], amp)
+        options = chosen.options
     dist, dev = setup_distributed(check_device(device))  # under torchrun: each rank its shard
     model = load(run_dir, device=dev)
     splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
 from toughen import threat
 from toughen.attacks.losses import is_successful, objective
 from toughen.errors import ToughenUsageError
+from toughen.precision import autocast_for, check_amp, confirm_fooled
 
 
 class _WorstCase:
@@ -29,23 +28,6 @@ class _WorstCase:
         self.x[chosen] = x_new.detach()[better]
         self.success[chosen] = success[better]
         self.value[chosen] = value[better]
-
-
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_for(x: torch.Tensor, amp: str | None) -> contextlib.AbstractContextManager:
-    """Autocast to ``amp`` ("bf16" or "fp16") on x's device; a no-op when amp is None."""
-    if amp is None:
-        return contextlib.nullcontext()
-    if amp not in _AMP_DTYPES:
-        raise ToughenUsageError(f"unknown amp {amp!r}; choose bf16 or fp16 (or None for fp32)")
-    return torch.autocast(x.device.type, dtype=_AMP_DTYPES[amp])
-
-
-def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Switch autocast off: who counts as fooled is decided in the model's own precision."""
-    return torch.autocast(x.device.type, enabled=False)
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
@@ -70,12 +52,7 @@ def _offer(worst: _WorstCase, model: nn.Module, idx: torch.Tensor, x_new: torch.
         worst.update(idx, x_new, success, value)
         return success
     open_ = ~worst.success[idx]
-    success &= open_
-    if success.any():
-        with torch.no_grad(), full_precision(x_new):
-            success[success.clone()] = is_successful(
-                model(x_new[success]), y[success], target[success] if target is not None else None
-            )
+    success = confirm_fooled(model, x_new, y, target, success & open_)
     worst.update(idx[open_], x_new[open_], success[open_], value[open_])
     return success
 
@@ -138,6 +115,7 @@ def pgd(
         raise ToughenUsageError(f"steps must be a whole number >= 0, got {steps}")
     if restarts < 1:
         raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
+    check_amp(amp)
     if step_size is None:
         step_size = 2.5 * eps / max(steps, 1)
     if step_size < 0:

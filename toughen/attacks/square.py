@@ -20,6 +20,7 @@ from torch import nn
 from toughen import threat
 from toughen.attacks.pgd import _check_inputs
 from toughen.errors import ToughenUsageError
+from toughen.precision import autocast_for, check_amp, confirm_fooled
 
 SQUARE_LOSSES = ("margin", "ce")
 
@@ -33,14 +34,19 @@ def p_schedule(p_init: float, it: int, n_queries: int) -> float:
     return p_init / 2**halvings
 
 
-def _margin_and_value(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str):
-    """(margin, value): margin = z_y - max_{i != y} z_i (< 0 means fooled); value is minimized."""
-    logits = model(x).float()
+def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, amp: str | None):
+    """(fooled, value) for each input: value (the margin z_y - max_{i != y} z_i, or minus the
+    cross-entropy) is minimized; fooled is checked in full precision when amp is on."""
+    with autocast_for(x, amp):
+        logits = model(x).float()
     z_y = logits.gather(1, y[:, None]).squeeze(1)
     margin = z_y - logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    fooled = margin < 0
+    if amp is not None:
+        fooled = confirm_fooled(model, x, y, None, fooled)
     if loss == "margin":
-        return margin, margin
-    return margin, -torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        return fooled, margin
+    return fooled, -torch.nn.functional.cross_entropy(logits, y, reduction="none")
 
 
 def _rand_sign(shape, like: torch.Tensor, generator) -> torch.Tensor:
@@ -95,6 +101,7 @@ def square(
     restarts: int = 1,
     loss: str = "margin",
     bounds: threat.Bounds = (0.0, 1.0),
+    amp: str | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Square attack, L-inf or L2, with at most ``n_queries`` model evaluations per example and run.
@@ -107,6 +114,8 @@ def square(
         p_init: the initial fraction of pixels a window covers (0.8 for L-inf in AutoAttack).
         restarts: independent runs, each on the examples not yet fooled.
         loss: "margin" (default) or "ce": the quantity each accepted change must lower.
+        amp: "bf16" or "fp16": queries run under autocast; an input counts as fooling only
+            after a check in full precision (toughen.precision.confirm_fooled).
         generator: randomness for the initialization, windows and signs.
 
     Returns:
@@ -126,6 +135,7 @@ def square(
         raise ToughenUsageError(f"p_init must be in (0, 1], got {p_init}")
     if restarts < 1:
         raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
+    check_amp(amp)
     if loss not in SQUARE_LOSSES:
         raise ToughenUsageError(f"unknown square loss {loss!r}; choose one of: {', '.join(SQUARE_LOSSES)}")
 
@@ -134,14 +144,14 @@ def square(
     with torch.no_grad():
         # The clean input is the first candidate: already-wrong examples need no queries, and the
         # result is never worse than x.
-        margin, value = _margin_and_value(model, x, y, loss)
-        best_x, best_value, fooled = x.clone(), value, margin < 0
+        fooled, value = _score(model, x, y, loss, None)  # the clean input: in full precision
+        best_x, best_value = x.clone(), value
         for _ in range(restarts):
             todo = (~fooled).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
             run = _square_run if norm == "linf" else _square_run_l2
-            rx, rv, rf = run(model, x[todo], y[todo], eps, int(n_queries), p_init, loss, (lo, hi), generator)
+            rx, rv, rf = run(model, x[todo], y[todo], eps, int(n_queries), p_init, loss, (lo, hi), generator, amp)
             take = rf | (rv < best_value[todo])
             best_x[todo[take]] = rx[take]
             best_value[todo[take]] = rv[take]
@@ -149,14 +159,13 @@ def square(
     return best_x
 
 
-def _square_run(model, x, y, eps, n_queries, p_init, loss, bounds, generator):
+def _square_run(model, x, y, eps, n_queries, p_init, loss, bounds, generator, amp):
     """One L-inf run. Returns (x_best, value_best, fooled) for the batch."""
     n, c, h, w = x.shape
     lo, hi = bounds
     # Start at a vertex: vertical stripes of +-eps (one sign per column and channel).
     best = (x + eps * _rand_sign((n, c, 1, w), x, generator)).clamp(lo, hi)
-    margin, value = _margin_and_value(model, best, y, loss)
-    fooled = margin < 0
+    fooled, value = _score(model, best, y, loss, amp)
     rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
     for it in range(n_queries - 1):
@@ -172,28 +181,27 @@ def _square_run(model, x, y, eps, n_queries, p_init, loss, bounds, generator):
         window = (rows >= vh) & (rows < vh + s) & (cols >= vw) & (cols < vw + s)
         sign = _rand_sign((len(todo), c, 1, 1), x, generator)
         cand = torch.where(window, (xs + eps * sign).clamp(lo, hi), cur)
-        _accept(model, cand, y, todo, loss, best, value, fooled)
+        _accept(model, cand, y, todo, loss, best, value, fooled, amp)
     return best, value, fooled
 
 
-def _accept(model, cand, y, todo, loss, best, value, fooled) -> None:
+def _accept(model, cand, y, todo, loss, best, value, fooled, amp) -> None:
     """Score the candidates for the examples ``todo``; keep (in place) each one that lowers the
     objective or fools the model."""
-    m, v = _margin_and_value(model, cand, y[todo], loss)
-    improved = (v < value[todo]) | (m < 0)
+    f, v = _score(model, cand, y[todo], loss, amp)
+    improved = (v < value[todo]) | f
     best[todo[improved]] = cand[improved]
     value[todo[improved]] = v[improved]
-    fooled[todo[m < 0]] = True
+    fooled[todo[f]] = True
 
 
-def _square_run_l2(model, x, y, eps, n_queries, p_init, loss, bounds, generator):
+def _square_run_l2(model, x, y, eps, n_queries, p_init, loss, bounds, generator, amp):
     """One L2 run (Algorithm 3 of the paper): each step moves the perturbation's mass from two
     windows into one of them, redrawn as a random eta block; the total norm stays eps."""
     n, c, h, w = x.shape
     lo, hi = bounds
     best = (x + _l2_init(x, eps, generator)).clamp(lo, hi)
-    margin, value = _margin_and_value(model, best, y, loss)
-    fooled = margin < 0
+    fooled, value = _score(model, best, y, loss, amp)
     for it in range(n_queries - 1):
         todo = (~fooled).nonzero().squeeze(1)
         if len(todo) == 0:
@@ -220,5 +228,5 @@ def _square_run_l2(model, x, y, eps, n_queries, p_init, loss, bounds, generator)
         cand_delta[w1] = new
         cand_delta = cand_delta * (eps / cand_delta.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
         cand = (xs + cand_delta).clamp(lo, hi)
-        _accept(model, cand, y, todo, loss, best, value, fooled)
+        _accept(model, cand, y, todo, loss, best, value, fooled, amp)
     return best, value, fooled

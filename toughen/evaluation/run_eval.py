@@ -30,6 +30,7 @@ def evaluate_run_suite(
     device: str = "cpu",
     eps_sweep: Sequence[float] | None = None,
     progress: bool = False,
+    amp: str | None = None,
 ) -> dict[str, Any]:
     from toughen import threat
     from toughen.attacks import Attack
@@ -63,7 +64,8 @@ def evaluate_run_suite(
     x, y = splits.x_test[:n], splits.y_test[:n]
     xs, ys, rank_seed = dist.shard(x), dist.shard(y), seed + 7919 * dist.rank
     result = evaluate(model, xs, ys, suite=attacks, eps=eps_value, norm=norm, bounds=bounds, seed=rank_seed,
-                      progress=progress and dist.is_main, state_file=None if dist.enabled else run_dir / STATE_FILE)
+                      progress=progress and dist.is_main, state_file=None if dist.enabled else run_dir / STATE_FILE,
+                      amp=amp)
     result = dist.merge_evaluation(result)
     robust = result.pop("robust")
     result["suite"] = name
@@ -77,7 +79,7 @@ def evaluate_run_suite(
             {"eps": row["eps"], "robust_accuracy": row["robust_accuracy"], "seconds": row["seconds"]}
             for row in dist.merge_rows(robustness_curve(model, xs, ys, eps_sweep, suite=attacks, norm=norm,
                                                         bounds=bounds, seed=rank_seed,
-                                                        progress=progress and dist.is_main), len(xs))
+                                                        progress=progress and dist.is_main, amp=amp), len(xs))
         ]
     if dist.is_main:
         record_evaluation(run_dir, result)

@@ -20,6 +20,7 @@ Named suites:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -30,8 +31,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from toughen import threat
-from toughen.attacks import Attack
+from toughen.attacks import ATTACKS, Attack
 from toughen.errors import ToughenUsageError
+from toughen.precision import check_amp
 
 SUITES: dict[str, list[Attack]] = {
     "quick": [
@@ -63,6 +65,16 @@ def short_label(attack: Attack) -> str:
     if attack.name == "square":
         return f"square-{o.get('n_queries', 5000)}{restarts}"
     return attack.label
+
+
+def with_amp(attacks: Sequence[Attack], amp: str | None) -> list[Attack]:
+    """The attacks with ``amp`` set on those that take it (pgd, apgd, square: each confirms every
+    fooling input in full precision, see toughen.precision); the others run in full precision."""
+    check_amp(amp)
+    if amp is None:
+        return list(attacks)
+    return [Attack(a.name, {**a.options, "amp": amp})
+            if "amp" in inspect.signature(ATTACKS.get(a.name)).parameters else a for a in attacks]
 
 
 def list_suites() -> list[str]:
@@ -150,6 +162,7 @@ def evaluate(
     batch_size: int = 500,
     progress: bool = False,
     state_file: str | Path | None = None,
+    amp: str | None = None,
 ) -> dict[str, Any]:
     """Clean and worst-case robust accuracy of ``model`` on (x, y) under a suite of attacks.
 
@@ -160,6 +173,10 @@ def evaluate(
         eps, norm, bounds: the threat model, eps in data units.
         seed: seeds each (attack, batch) pair's generator, so a resumed run gives the same answer.
         state_file: a JSON file to resume from and write progress to (removed when done).
+        amp: "bf16" or "fp16" runs the gradient and query passes of pgd, apgd and square under
+            autocast (about 2x faster on CPUs with bf16 instructions and on GPUs). Who counts as
+            fooled is still decided in full precision, so robust accuracy is never understated by
+            rounding; the attacks' search is slightly noisier.
 
     Returns:
         a dict with ``clean_accuracy``, ``robust_accuracy``, ``suite``, ``per_attack`` (a list of
@@ -171,6 +188,7 @@ def evaluate(
         >>> r["robust_accuracy"], [a["robust_accuracy"] for a in r["per_attack"]]
     """
     name, attacks = resolve_suite(suite)
+    attacks = with_amp(attacks, amp)
     threat.check_eps(eps, norm, bounds)
     if len(x) != len(y) or len(x) == 0:
         raise ToughenUsageError(f"x and y must be non-empty and of the same length, got {len(x)} and {len(y)}")
@@ -221,6 +239,7 @@ def evaluate(
         "per_attack": per_attack,
         "eps": eps,
         "norm": norm,
+        "amp": amp,
         "n": len(x),
         "seconds": time.perf_counter() - start,
         "robust": robust,
@@ -237,6 +256,7 @@ def evaluate_loader(
     bounds: threat.Bounds = (0.0, 1.0),
     seed: int = 0,
     progress: bool = False,
+    amp: str | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` over an iterable of (x, y) batches, for data that does not fit in memory.
 
@@ -249,7 +269,7 @@ def evaluate_loader(
     start = time.perf_counter()
     for b, (xb, yb) in enumerate(tqdm(loader, desc="batches", disable=not progress, leave=False)):
         r = evaluate(model, xb, yb, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=seed + 7919 * b,
-                     batch_size=len(xb))
+                     batch_size=len(xb), amp=amp)
         n += r["n"]
         clean_hits += round(r["clean_accuracy"] * r["n"])
         masks.append(r["robust"])
@@ -265,7 +285,7 @@ def evaluate_loader(
         "suite": name,
         "per_attack": [{"attack": short_label(a), "robust_accuracy": after[i] / n, "seconds": seconds[i]}
                        for i, a in enumerate(attacks)],
-        "eps": eps, "norm": norm, "n": n, "seconds": time.perf_counter() - start, "robust": robust,
+        "eps": eps, "norm": norm, "amp": amp, "n": n, "seconds": time.perf_counter() - start, "robust": robust,
     }
 
 
@@ -281,6 +301,7 @@ def robustness_curve(
     seed: int = 0,
     batch_size: int = 500,
     progress: bool = False,
+    amp: str | None = None,
 ) -> list[dict[str, Any]]:
     """Robust accuracy at each eps of ``eps_list`` (sorted ascending), in one call.
 
@@ -305,7 +326,7 @@ def robustness_curve(
             rows.append({"eps": e, "robust_accuracy": alive.float().mean().item(), "per_attack": [], "seconds": 0.0})
             continue
         r = evaluate(model, x[idx], y[idx], suite=suite, eps=e, norm=norm, bounds=bounds, seed=seed,
-                     batch_size=batch_size, progress=progress)
+                     batch_size=batch_size, progress=progress, amp=amp)
         alive[idx] = r["robust"]
         scale = len(idx) / len(x)
         rows.append({

@@ -10,7 +10,6 @@ model selection, cost accounting and checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -26,6 +25,7 @@ from toughen.data import Splits
 from toughen.data.augment import crop_flip
 from toughen.errors import ToughenUsageError
 from toughen.evaluation import attack_correct, clean_correct
+from toughen.precision import autocast_for
 from toughen.runs import append_jsonl, atomic_write_text, save_weights
 from toughen.train.checkpoint import CHECKPOINT, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from toughen.train.config import TrainConfig
@@ -55,10 +55,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def autocast(cfg: TrainConfig, device: torch.device):
     """bf16 or fp16 autocast for the recipe's forward passes (its attack included); a no-op
     when amp is off. The validation, the guard's probe and the final evaluation run in fp32."""
-    if cfg.amp is None:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return autocast_for(device, cfg.amp)
 
 
 def validate(model: nn.Module, splits: Splits, cfg: TrainConfig, generator: torch.Generator,
