@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import common  # noqa: E402
 
 from toughen.attacks import Attack  # noqa: E402
 from toughen.data import load_data  # noqa: E402
@@ -31,15 +31,17 @@ from toughen.evaluation import attack_correct, clean_correct  # noqa: E402
 from toughen.runs import load  # noqa: E402
 from toughen.train import TrainConfig, train  # noqa: E402
 
-SECTION = "## Training: single-step vs PGD"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_training"))
     parser.add_argument("--recipes", default="pgd,nfgsm,fgsm_rs")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = common.machine_info()
     splits = load_data("mnist5k")
     rows = []
     for recipe in args.recipes.split(","):
@@ -65,45 +67,49 @@ def main() -> None:
     for r in rows:
         r["robust_vs_pgd"] = r["pgd50_accuracy"] / pgd["pgd50_accuracy"] if pgd["pgd50_accuracy"] else None
         r["time_vs_pgd"] = r["train_seconds"] / pgd["train_seconds"]
+    info["load_average_1min_end"] = common.load_average()
     result = {
+        "machine": info,
         "setup": {"data": "mnist5k", "model": "small_cnn", "eps": 0.3, "norm": "linf", "epochs": args.epochs,
-                  "eval": "pgd-50, 1000 test digits", "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")},
+                  "eval": "pgd-50, 1000 test digits"},
         "rows": rows,
     }
-    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "training.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_section(result)
+    common.write_json("training", result)
+    markdown = render(result)
+    print(markdown)
+    if not args.no_doc:
+        common.write_section("training", markdown)
 
 
-def write_section(result: dict) -> None:
+def render(result: dict) -> str:
     s = result["setup"]
-    lines = [
-        SECTION, "",
-        f"`python benchmarks/bench_training.py --epochs {s['epochs']}` ({s['date']}, torch {s['torch']}, "
-        f"{s['threads']} CPU threads, a machine shared with other jobs: times are comparable within the table only). "
-        f"small_cnn on mnist5k, eps = {s['eps']} L-inf, {s['epochs']} epochs, Adam one-cycle lr 1e-3, eps warm-up over "
-        "the first third, best validation epoch; robust accuracy under PGD-50 on the 1,000 test digits. "
-        "Numbers: benchmarks/results/training.json.", "",
-        "| recipe | guard | clean | PGD-50 | vs pgd | train seconds | vs pgd | cost (passes / standard) | guard events |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for r in result["rows"]:
         events = "; ".join(f"epoch {e['epoch']}: {e['switched']}" for e in r["guard_events"]) or "none"
         vs = f"{100 * r['robust_vs_pgd']:.0f}%" if r["robust_vs_pgd"] is not None else "-"
-        lines.append(
-            f"| {r['recipe']} | {'on' if r['guard'] else '-'} | {100 * r['clean_accuracy']:.1f}% | "
-            f"{100 * r['pgd50_accuracy']:.1f}% | {vs} | {r['train_seconds']:.0f} | {100 * r['time_vs_pgd']:.0f}% | "
-            f"{r['cost_multiplier']:.2f} | {events} |"
-        )
-    section = "\n".join(lines) + "\n"
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if SECTION in text:  # replace only our own section, up to the next "## " heading
-        text = re.sub(re.escape(SECTION) + r".*?(?=\n## |\Z)", section.rstrip("\n") + "\n", text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+        rows.append([r["recipe"], "on" if r["guard"] else "-", common.fmt_pct(r["clean_accuracy"]),
+                     common.fmt_pct(r["pgd50_accuracy"]), vs, f"{r['train_seconds']:.0f}",
+                     f"{100 * r['time_vs_pgd']:.0f}%", f"{r['cost_multiplier']:.2f}", events])
+    single = [r for r in result["rows"] if r["recipe"] != "pgd"]
+    best = max(single, key=lambda r: r["pgd50_accuracy"]) if single else None
+    verdict = ""
+    if best is not None and best["robust_vs_pgd"] is not None:
+        met = best["robust_vs_pgd"] >= 0.9 and best["time_vs_pgd"] <= 0.3
+        verdict = (f"Goal (the best single-step recipe with the guard reaches at least 90% of `pgd`'s PGD-50 accuracy "
+                   f"in at most 30% of its training time): {'met' if met else '**missed**'} ({best['recipe']}: "
+                   f"{100 * best['robust_vs_pgd']:.0f}% of the robust accuracy in {100 * best['time_vs_pgd']:.0f}% "
+                   "of the time).")
+    return "\n".join([
+        "## Training: single-step vs PGD (`benchmarks/bench_training.py`)", "",
+        common.machine_line(result["machine"]), "",
+        f"small_cnn on mnist5k, eps = {s['eps']} L-inf, {s['epochs']} epochs each, Adam one-cycle lr 1e-3, eps warm-up "
+        "over the first third, `pgd` with 10 steps; the model is each run's best validation epoch; robust accuracy "
+        "under PGD-50 (early stop) on the 1,000 test digits. Training seconds: each run's summed epoch time "
+        "(training steps, guard probes and validation).", "",
+        common.md_table(["recipe", "guard", "clean", "PGD-50", "vs pgd", "train seconds", "vs pgd",
+                         "cost (passes / standard)", "guard events"], rows, right={2, 3, 4, 5, 6, 7}),
+        "", verdict,
+    ])
 
 
 if __name__ == "__main__":
