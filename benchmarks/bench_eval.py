@@ -134,11 +134,7 @@ def main() -> None:
                         "only_torchattacks_fooled": int((r["robust"] & ~ta["robust"]).sum())}
                  for name, r in rows.items()},
     }
-    common.write_json("eval", result)
-    markdown = render(result)
-    print(markdown)
-    if not args.no_doc:
-        common.write_section("eval", markdown)
+    common.publish("eval", result, render(result), doc=not args.no_doc)
 
 
 def render(result: dict) -> str:

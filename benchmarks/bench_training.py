@@ -74,11 +74,7 @@ def main() -> None:
                   "eval": "pgd-50, 1000 test digits"},
         "rows": rows,
     }
-    common.write_json("training", result)
-    markdown = render(result)
-    print(markdown)
-    if not args.no_doc:
-        common.write_section("training", markdown)
+    common.publish("training", result, render(result), doc=not args.no_doc)
 
 
 def render(result: dict) -> str:

@@ -214,6 +214,15 @@ def write_section(key: str, markdown: str, doc: Path = DOC) -> None:
         tmp.replace(doc)
 
 
+def publish(key: str, result: dict[str, Any], markdown: str, *, doc: bool = True) -> None:
+    """The end of every script: the JSON under benchmarks/results/, the table on stdout, and
+    (unless ``doc`` is False) the script's section of docs/benchmarks.md."""
+    path = write_json(key, result)
+    print(f"\n{markdown}\n\nwrote {path}", flush=True)
+    if doc:
+        write_section(key, markdown)
+
+
 def fmt_ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 else "n/a"
 
