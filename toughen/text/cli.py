@@ -92,10 +92,12 @@ def eval_command(run_dir: Path, *, json_out: bool, **kwargs) -> dict:
     return result
 
 
-def demo(out_dir: Path, *, budget: int = 5, epochs: int = 8, overwrite: bool = False, n: int | None = None) -> list[dict]:
+def demo(out_dir: Path, *, budget: int = 5, epochs: int = 12, overwrite: bool = False, n: int | None = None,
+         train_budget: int | None = None) -> list[dict]:
     """Train char_cnn on prompt_injection twice, standard and with A2T-style augmentation
-    (char_obfuscate at ``budget``), and put side by side their clean accuracy and the success rate
-    of char_obfuscate at ``budget`` on the test texts."""
+    (char_obfuscate at ``train_budget``, default 1.5 x ``budget``), and put side by side their
+    clean accuracy and the success rate of char_obfuscate at ``budget`` on the test texts. Both
+    runs use the same model, epochs and evaluation."""
     import torch
 
     from toughen.text.train import TextTrainConfig, train_text
@@ -103,19 +105,24 @@ def demo(out_dir: Path, *, budget: int = 5, epochs: int = 8, overwrite: bool = F
     # char_cnn's batches are small: on CPU one intra-op thread is faster than several, which
     # mostly wait on each other (5x slower measured with 2 threads on a busy 2-core machine)
     torch.set_num_threads(1)
+    # the training attack samples 16 edits per step where the evaluation tries all of them
+    # (60-80), so edit for edit it is weaker; training it at a larger budget than the one
+    # evaluated makes up for that, as image training often uses a larger eps than it reports.
+    # At the same cost per step this cut the evasion rate more than sampling 32 edits at the
+    # evaluated budget did (docs/text.md, "The demo, measured")
+    train_budget = train_budget if train_budget is not None else -(-3 * budget // 2)
     runs = {
         "standard": TextTrainConfig(recipe="standard", epochs=epochs, budget=budget, val_n=50, eval_n=n),
-        # half of each batch attacked with 32 sampled edits per step: a stronger training attack
-        # than all of the batch with 12, for the same number of queries
-        "text_augment": TextTrainConfig(recipe="text_augment", epochs=epochs, budget=budget, max_candidates=32,
-                                        fraction=0.5, val_n=50, eval_n=n),
+        "text_augment": TextTrainConfig(recipe="text_augment", epochs=epochs, budget=train_budget, eval_budget=budget,
+                                        max_candidates=16, fraction=0.5, val_n=50, eval_n=n),
     }
     rows = []
     for name, cfg in runs.items():
         err.print(f"[bold]training[/] char_cnn, {name} ({cfg.epochs} epochs)")
         summary = train_text(cfg, out_dir / name, overwrite=overwrite, progress=True)
         rows.append(summary)
-    print_table(f"demo-text: char_cnn on prompt_injection, char_obfuscate with at most {budget} edits, "
+    print_table(f"demo-text: char_cnn on prompt_injection, char_obfuscate with at most {budget} edits "
+                f"(text_augment trained at {train_budget}), "
                 f"{rows[0]['n_test']} test texts", rows)
     std, adv = rows
     ratio = adv["attack_success_rate"] / std["attack_success_rate"] if std["attack_success_rate"] else float("nan")
