@@ -266,3 +266,23 @@ def test_train_tensorboard_flag_fails_before_training_when_missing(monkeypatch, 
     assert exit_.value.code == 2
     assert "pip install 'toughen[tensorboard]'" in capsys.readouterr().err  # brackets not eaten as markup
     assert not (tmp_path / "r").exists()
+
+
+def test_report_reads_text_runs(tmp_path):
+    """A text run is reported by its edit budget, with its adversarial texts instead of an image
+    gallery; an image run beside it keeps its ε."""
+    from toughen.text.injection import generate
+    from toughen.text.train import TextTrainConfig, train_text
+
+    texts, labels = generate(200, seed=3)
+    data = tmp_path / "pi.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in zip(texts, labels)))
+    run = tmp_path / "text_run"
+    train_text(TextTrainConfig(data=f"jsonl:{data}", recipe="standard", epochs=1, budget=3, val_n=20), run,
+               progress=False)
+    out = build_report([run], tmp_path / "report.html", gallery=True)
+    html = out.read_text()
+    assert "Adversarial texts" in html and "at most 3 edits" in html and "k=3" in html
+    assert 'id="gallery"' not in html  # no image gallery attempted for a text run
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"{100 * summary['robust_accuracy']:.1f}%" in html

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import toughen
-from toughen.report.collect import SYMBOLS, RunRecord, collect, fmt_number, load_run, recipe_parameters
+from toughen.report.collect import (EDITS, SYMBOLS, RunRecord, collect, fmt_number, load_run, recipe_parameters,
+                                    threat_size)
 from toughen.errors import ToughenUsageError
 from toughen.runs import atomic_write_text
 
-NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+NORM_NAMES = {"linf": "L∞", "l2": "L2", EDITS: "edits"}
 
 
 def _pct(v: float | None) -> str:
@@ -49,7 +50,8 @@ def _summary_row(run: RunRecord) -> dict[str, Any]:
         "params": [(SYMBOLS.get(k, k), fmt_number(v)) for k, v in run.params().items()],
         "data": run.train.get("data", "?"),
         "model": run.train.get("model", "?"),
-        "threat": f"ε = {fmt_number(run.eps)} ({NORM_NAMES.get(run.norm, run.norm)})",
+        "threat": f"at most {fmt_number(run.eps)} edits" if run.norm == EDITS
+        else f"ε = {fmt_number(run.eps)} ({NORM_NAMES.get(run.norm, run.norm)})",
         # an unfinished run shows how far it got: "3/10"
         "epochs": run.train.get("epochs", "?") if run.finished else f"{len(run.metrics)}/{run.train.get('epochs', '?')}",
         "best_epoch": run.best_epoch(),
@@ -132,7 +134,7 @@ def build_report(
         if head is not None and head.clean_accuracy is not None:
             points.append({"label": run.label(), "recipe": run.recipe, "clean": head.clean_accuracy,
                            "robust": head.robust_accuracy,
-                           "group": f"ε={fmt_number(head.eps)} {NORM_NAMES.get(head.norm, head.norm)}"})
+                           "group": f"{threat_size(head.eps, head.norm)} {NORM_NAMES.get(head.norm, head.norm)}"})
     tradeoff = plots.tradeoff(points) if len(points) >= 2 else None
 
     lines = [(run.name, attack, pts) for run in runs for attack, pts in run.robustness_lines()]
@@ -149,8 +151,9 @@ def build_report(
             })
 
     galleries = []
-    if gallery:
-        galleries = _galleries(runs, gallery_n, gallery_steps, device)
+    if gallery:  # image galleries attack the test images; a text run's examples come from its summary
+        galleries = _galleries([run for run in runs if not run.is_text], gallery_n, gallery_steps, device)
+    text_examples = [t for run in runs if run.is_text and (t := _text_examples(run, gallery_n))]
 
     audits = [a for run in runs if (a := _audit(run))]
     summary_rows = [_summary_row(run) for run in runs]
@@ -167,12 +170,26 @@ def build_report(
         "curves": curves,
         "per_class": _per_class(runs),
         "galleries": galleries,
+        "text_examples": text_examples,
         "sources": ", ".join(str(run.path) for run in runs),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, render(context))
     os.chmod(out, 0o644)  # a page to share: the temporary file it was written as was private
     return out
+
+
+def _text_examples(run: RunRecord, n: int) -> dict[str, Any] | None:
+    """The adversarial texts training's test evaluation kept (successful evasions first)."""
+    examples = [e for e in (run.summary or {}).get("examples") or [] if isinstance(e, dict)][:n]
+    if not examples:
+        return None
+    return {
+        "name": run.name, "label": run.label(), "attack": str((run.summary or {}).get("robust_attack", "?")),
+        "examples": [{"original": str(e.get("original", "")), "adversarial": str(e.get("adversarial", "")),
+                      "label": str(e.get("label", "?")), "now": str(e.get("adversarial_prediction", "?")),
+                      "edits": e.get("edits", "?"), "success": bool(e.get("success"))} for e in examples],
+    }
 
 
 def _galleries(runs: list[RunRecord], n: int, steps: int, device: str) -> list[dict[str, Any]]:

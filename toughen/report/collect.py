@@ -31,6 +31,12 @@ RECIPE_PARAMETERS: dict[str, tuple[str, ...]] = {
     "augment": ("noise_std", "augment_flip"),
 }
 SYMBOLS = {"lam": "λ", "beta": "β", "eps": "ε"}
+EDITS = "edits"  # the "norm" of a text run measured by a discrete attack: its budget counts edits
+
+
+def threat_size(eps: float, norm: str) -> str:
+    """``ε=0.3`` for a radius, ``k=5`` for a number of text edits."""
+    return f"k={fmt_number(eps)}" if norm == EDITS else f"ε={fmt_number(eps)}"
 
 
 def recipe_parameters(recipe: str) -> tuple[str, ...]:
@@ -101,12 +107,28 @@ class RunRecord:
         return str(self.train.get("recipe", "?"))
 
     @property
+    def is_text(self) -> bool:
+        return self.config.get("kind") == "text"
+
+    @property
+    def _text_discrete(self) -> bool:
+        """A text run measured by a discrete attack: its threat size is a number of edits."""
+        from toughen.text.attacks import DISCRETE
+
+        return self.is_text and self.train.get("eval_attack", "char_obfuscate") in DISCRETE
+
+    @property
     def eps(self) -> float | None:
+        """The size of the threat the run was trained and measured at: eps for images (and for
+        text runs measured in embedding space), the evaluated edit budget for other text runs."""
+        if self._text_discrete:
+            budget = self.train.get("eval_budget")
+            return float(budget if budget is not None else self.train.get("budget", 0))
         return self.train.get("eps")
 
     @property
     def norm(self) -> str:
-        return str(self.train.get("norm", "linf"))
+        return EDITS if self._text_discrete else str(self.train.get("norm", "linf"))
 
     @property
     def class_names(self) -> list[str]:
@@ -126,7 +148,7 @@ class RunRecord:
         parts = [self.recipe]
         parts += [f"{SYMBOLS.get(k, k)}={fmt_number(v)}" for k, v in self.params().items()]
         if self.eps is not None:
-            parts.append(f"ε={fmt_number(self.eps)}")
+            parts.append(threat_size(self.eps, self.norm))
         return " ".join(parts)
 
     # ------------------------------------------------------------------ what was measured
@@ -274,9 +296,18 @@ def _result_from_row(row: dict[str, Any], eps: float | None, norm: str) -> Resul
         return Result("suite", label, float(row.get("eps", eps or 0)), str(row.get("norm", norm)),
                       _number(row.get("clean_accuracy")), robust, row.get("n"), _per_class(row), per_attack, curve)
     robust = _number(row.get("robust_accuracy"))
-    if robust is None or "eps" not in row:
+    if robust is None:
         return None
-    return Result("eval", short_attack(str(row.get("attack", "?"))), float(row["eps"]), str(row.get("norm", norm)),
+    if "eps" in row:
+        size, row_norm = float(row["eps"]), str(row.get("norm", norm))
+    elif "budget" in row:  # a text attack: edits for the discrete ones, a radius for embed_pgd
+        from toughen.text.attacks import DISCRETE
+
+        discrete = str(row.get("attack")) in DISCRETE
+        size, row_norm = float(row["budget"]), EDITS if discrete else str(row.get("norm", "l2"))
+    else:
+        return None
+    return Result("eval", short_attack(str(row.get("attack", "?"))), size, row_norm,
                   _number(row.get("clean_accuracy")), robust, row.get("n"), _per_class(row))
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import jinja2
 
+from toughen.text.attacks.obfuscate import reveal
+
 TEMPLATE = r"""<!doctype html>
 <html lang="en">
 <head>
@@ -166,6 +168,22 @@ stretched so that the largest |δ| shown reaches the ends of the colour scale (r
 </section>
 {% endif %}
 
+{% if text_examples %}
+<section id="text-examples">
+<h2>Adversarial texts</h2>
+<p class="note">Test texts as the run's own evaluation attacked them (successful evasions first). Invisible characters are shown as \u escapes.</p>
+{% for t in text_examples %}
+<h3>{{ t.name }} <span class="small">{{ t.label }}; {{ t.attack }}</span></h3>
+<table>
+<thead><tr><th>original</th><th>adversarial</th><th>label</th><th>now</th><th class="num">edits</th></tr></thead>
+<tbody>
+{% for ex in t.examples %}<tr><td class="small">{{ ex.original }}</td><td class="small">{{ ex.adversarial | visible }}</td><td>{{ ex.label }}</td><td><span class="{{ 'bad' if ex.success else 'ok' }}">{{ ex.now }}</span></td><td class="num">{{ ex.edits }}</td></tr>
+{% endfor %}</tbody>
+</table>
+{% endfor %}
+</section>
+{% endif %}
+
 {% if audits %}
 <section id="audit">
 <h2>Audit</h2>
@@ -189,6 +207,7 @@ stretched so that the largest |δ| shown reaches the ends of the colour scale (r
 """
 
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_ENV.filters["visible"] = reveal  # homoglyphs and zero-width characters as \u escapes
 
 
 def render(context: dict[str, Any]) -> str:

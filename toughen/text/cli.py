@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toughen.errors import ToughenUsageError
+from toughen.text.attacks.obfuscate import reveal
 
 out = Console()
 err = Console(stderr=True)
@@ -160,7 +161,6 @@ def print_examples(examples: list[dict], title: str = "examples") -> None:
     for c in ("original", "adversarial", "label", "now", "edits"):
         table.add_column(c)
     for e in examples:
-        # repr shows zero-width characters and homoglyph escapes that a terminal would hide
-        table.add_row(e["original"], ascii(e["adversarial"])[1:-1], e["label"] if isinstance(e["label"], str) else str(e["label"]),
+        table.add_row(e["original"], reveal(e["adversarial"]), e["label"] if isinstance(e["label"], str) else str(e["label"]),
                       str(e["adversarial_prediction"]), str(e["edits"]))
     out.print(table)

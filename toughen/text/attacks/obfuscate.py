@@ -29,6 +29,12 @@ ZERO_WIDTH = ("\u200b", "\u200c", "\u200d", "\u2060")  # zero-width space, non-j
 OPS = ("homoglyph", "leet", "zero_width", "space", "swap", "delete", "duplicate")
 
 
+def reveal(text: str) -> str:
+    """``text`` with every non-ASCII character as a \\u escape, so that homoglyphs and
+    zero-width characters, which a terminal or a browser draws invisibly or identically, show."""
+    return ascii(text)[1:-1]
+
+
 def obfuscations(word: str, ops: tuple[str, ...] = OPS) -> list[str]:
     """Every distinct string one edit of the kinds in ``ops`` away from ``word`` (``word`` excluded)."""
     out: list[str] = []
