@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from toughen.text.models import build_text_model, predict
 from toughen.text.recipes import TextRecipeContext, list_text_recipes, TEXT_RECIPES
@@ -120,3 +121,48 @@ def test_cli_text_train_rejects_image_flags_and_bad_names(tmp_path, capsys):
                            capsys)
     assert code == 2 and "unknown text model" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+class _Wrapped(torch.nn.Module):
+    """A text model whose outputs are post-processed: randomized, or turned into probabilities."""
+
+    def __init__(self, base, post):
+        super().__init__()
+        self.base, self.post = base, post
+        self.encode, self.embed = base.encode, base.embed
+
+    def classify(self, emb, mask):
+        return self.post(self.base.classify(emb, mask))
+
+    def forward(self, ids, mask):
+        return self.post(self.base(ids, mask))
+
+
+def test_text_audit_passes_a_trained_run_and_writes_audit_json(standard_run, capsys):
+    code, out, err = run_cli(["audit", str(standard_run), "--n", "40", "--json"], capsys)
+    report = json.loads(out)
+    names = {c["name"] for c in report["checks"]}
+    assert {"deterministic", "outputs_are_logits", "gradients_finite_nonzero", "more_search_not_weaker",
+            "accuracy_falls_with_budget"} <= names
+    assert report["norm"] == "edits" and report["n"] == 40
+    assert code == (0 if report["verdict"] == "pass" else 1)
+    assert report["verdict"] == "pass", report["checks"]
+    assert json.loads((standard_run / "audit.json").read_text())["verdict"] == "pass"
+    code, out, err = run_cli(["audit", str(standard_run), "--eps", "0.3"], capsys)
+    assert code == 2 and "edit budget" in err
+
+
+def test_text_audit_flags_randomized_and_probability_outputs(standard_run):
+    from toughen.text.audit import audit_text
+    from toughen.text.data import load_text_data
+    from toughen.text.train import load_text_run
+
+    base = load_text_run(standard_run)
+    cfg = yaml.safe_load((standard_run / "config.yaml").read_text())["train"]
+    splits = load_text_data(cfg["data"], cfg["text_column"], cfg["label_column"], cfg["val_size"])
+    texts, y = splits.x_test[:20], splits.y_test[:20]
+    cases = {"deterministic": lambda z: z + torch.randn_like(z), "outputs_are_logits": lambda z: z.softmax(1)}
+    for check, post in cases.items():
+        report = audit_text(_Wrapped(base, post).eval(), texts, y, budget=1)
+        status = {c["name"]: c["status"] for c in report["checks"]}
+        assert report["verdict"] == "suspicious" and status[check] == "suspicious", (check, status)

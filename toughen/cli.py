@@ -325,7 +325,7 @@ def audit(
     data_dir: Optional[Path] = typer.Option(None, help="Directory of the dataset's files."),
     eps: Optional[str] = typer.Option(None, help="Radius; default the run's training eps."),
     norm: Optional[str] = typer.Option(None, help="linf or l2; default the run's (linf for --model)."),
-    n: int = typer.Option(500, help="Audit on the first N test examples."),
+    n: int = typer.Option(500, help="Audit on the first N test examples (texts for a text run)."),
     queries: int = typer.Option(1000, help="Square attack query budget for the black-box check."),
     steps: int = typer.Option(20, help="PGD steps of the baseline attack (the 'more iterations' check uses 3x)."),
     seed: int = typer.Option(0),
@@ -344,7 +344,9 @@ def audit(
     if json_out:
         print(json.dumps(report))
     else:
-        title = f"audit of {report['model']}: eps = {report['eps']:.4g} ({report['norm']}), n = {report['n']}"
+        size = (f"at most {report['eps']} edits of {report['attack']}" if report["norm"] == "edits"
+                else f"eps = {report['eps']:.4g} ({report['norm']})")
+        title = f"audit of {report['model']}: {size}, n = {report['n']}"
         table = Table(title=title)
         for c in ("check", "status", "evidence"):
             table.add_column(c)

@@ -29,12 +29,42 @@ from toughen.evaluation.suite import _device, evaluate
 PASS, SUSPICIOUS = "pass", "suspicious"
 
 
-def _check(name: str, ok: bool, evidence: str, **values: Any) -> dict[str, Any]:
+def make_check(name: str, ok: bool, evidence: str, **values: Any) -> dict[str, Any]:
     return {"name": name, "status": PASS if ok else SUSPICIOUS, "evidence": evidence, **values}
 
 
-def _pct(v: float) -> str:
+def pct(v: float) -> str:
     return f"{100 * v:.1f}%"
+
+
+def output_checks(out1: torch.Tensor, out2: torch.Tensor) -> list[dict[str, Any]]:
+    """The checks on two forward passes of the same inputs: deterministic, and logits rather
+    than probabilities (probabilities flatten the cross-entropy's gradient)."""
+    spread = (out1 - out2).abs().max().item()
+    scale = out1.abs().max().item() + 1e-12
+    randomized = spread > 1e-5 * max(scale, 1.0)
+    rows_sum = out1.float().sum(1)
+    probabilities = bool((out1 >= 0).all() and (rows_sum - 1).abs().max() < 1e-3)
+    return [
+        make_check(
+            "deterministic", not randomized,
+            f"two forward passes on the same inputs differ by up to {spread:.3g}"
+            + (": the model is randomized; its robustness must be measured with expectation over "
+               "transformation (average the gradient over many draws), not with plain attacks" if randomized
+               else " (identical)"),
+            max_difference=spread,
+        ),
+        make_check(
+            "outputs_are_logits", not probabilities,
+            "every output row is non-negative and sums to 1: the model returns probabilities, which flattens the "
+            "gradient of cross-entropy; attack the logits" if probabilities else
+            f"outputs are unnormalized (row sums from {rows_sum.min().item():.3g} to {rows_sum.max().item():.3g})",
+        ),
+    ]
+
+
+def verdict_of(checks: list[dict[str, Any]]) -> str:
+    return PASS if all(c["status"] == PASS for c in checks) else SUSPICIOUS
 
 
 def _robust(model, x, y, attacks, eps, norm, bounds, seed) -> torch.Tensor:
@@ -84,25 +114,7 @@ def audit(
 
     # -- outputs: deterministic, logits -------------------------------------------------------
     with torch.no_grad():
-        out1, out2 = model(x), model(x)
-    spread = (out1 - out2).abs().max().item()
-    scale = out1.abs().max().item() + 1e-12
-    checks.append(_check(
-        "deterministic", spread <= 1e-5 * max(scale, 1.0),
-        f"two forward passes on the same inputs differ by up to {spread:.3g}"
-        + (": the model is randomized; its robustness must be measured with expectation over "
-           "transformation (average the gradient over many draws), not with plain attacks" if spread > 1e-5 * max(scale, 1.0)
-           else " (identical)"),
-        max_difference=spread,
-    ))
-    rows_sum = out1.float().sum(1)
-    probabilities = bool((out1 >= 0).all() and (rows_sum - 1).abs().max() < 1e-3)
-    checks.append(_check(
-        "outputs_are_logits", not probabilities,
-        "every output row is non-negative and sums to 1: the model returns probabilities, which flattens the "
-        "gradient of cross-entropy; attack the logits" if probabilities else
-        f"outputs are unnormalized (row sums from {rows_sum.min().item():.3g} to {rows_sum.max().item():.3g})",
-    ))
+        checks += output_checks(model(x), model(x))
 
     # -- gradients: finite, non-zero, softmax not saturated ----------------------------------------
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -116,11 +128,11 @@ def audit(
     nonfinite = (~torch.isfinite(flat)).any(1).float().mean().item()
     zero = (flat == 0).all(1).float().mean().item()
     saturated = (logits.detach().float().softmax(1).amax(1) == 1.0).float().mean().item()
-    checks.append(_check(
+    checks.append(make_check(
         "gradients_finite_nonzero", nonfinite == 0 and zero <= tolerance,
         f"input gradient of the cross-entropy at the clean points and at random points in the ball: "
-        f"{_pct(zero)} exactly zero, {_pct(nonfinite)} not finite; softmax saturated to exactly 1 on "
-        f"{_pct(saturated)}", zero_fraction=zero, nonfinite_fraction=nonfinite, saturated_fraction=saturated,
+        f"{pct(zero)} exactly zero, {pct(nonfinite)} not finite; softmax saturated to exactly 1 on "
+        f"{pct(saturated)}", zero_fraction=zero, nonfinite_fraction=nonfinite, saturated_fraction=saturated,
     ))
 
     # -- attacks that must be ordered ------------------------------------------------------------------
@@ -133,15 +145,15 @@ def audit(
     acc = {"clean": clean, "fgsm": fgsm_r.float().mean().item(), f"pgd-{steps}": pgd_r.float().mean().item(),
            f"pgd-{3 * steps}x2": strong_r.float().mean().item()}
     a_fgsm, a_pgd, a_strong = acc["fgsm"], acc[f"pgd-{steps}"], acc[f"pgd-{3 * steps}x2"]
-    checks.append(_check(
+    checks.append(make_check(
         "single_step_not_stronger", a_fgsm >= a_pgd - tol,
-        f"FGSM leaves {_pct(a_fgsm)} robust, PGD-{steps} {_pct(a_pgd)}"
+        f"FGSM leaves {pct(a_fgsm)} robust, PGD-{steps} {pct(a_pgd)}"
         + ("; a single step beating an iterative attack means the loss surface misleads the iterations"
            if a_fgsm < a_pgd - tol else ""),
     ))
-    checks.append(_check(
+    checks.append(make_check(
         "more_iterations_not_weaker", a_strong <= a_pgd + tol,
-        f"PGD-{steps} leaves {_pct(a_pgd)} robust, PGD-{3 * steps} with 2 restarts {_pct(a_strong)}"
+        f"PGD-{steps} leaves {pct(a_pgd)} robust, PGD-{3 * steps} with 2 restarts {pct(a_strong)}"
         + ("; more iterations should never help the model" if a_strong > a_pgd + tol else ""),
     ))
 
@@ -151,9 +163,9 @@ def audit(
     unb = _robust(model, x, y, [Attack("pgd", {"steps": 50, "loss": "margin", "early_stop": True})], big, norm, bounds,
                   seed).float().mean().item()
     acc[f"pgd-50 at eps {big:.3g}"] = unb
-    checks.append(_check(
+    checks.append(make_check(
         "unbounded_attack_succeeds", unb <= 0.02,
-        f"PGD-50 with eps = {big:.3g} (nearly the whole input range) leaves {_pct(unb)} robust"
+        f"PGD-50 with eps = {big:.3g} (nearly the whole input range) leaves {pct(unb)} robust"
         + ("; it should reach about 0%: the gradients do not lead anywhere" if unb > 0.02 else ""),
     ))
 
@@ -170,10 +182,10 @@ def audit(
         sq = _robust(model, x[idx], y[idx], [Attack("square", {"n_queries": n_queries})], eps, norm, bounds, seed)
         extra = int((~sq).sum().item())
     acc[f"square-{n_queries} after white-box"] = (white.sum().item() - extra) / n
-    checks.append(_check(
+    checks.append(make_check(
         "black_box_not_stronger", extra / n <= tol,
         f"Square ({n_queries} queries, no gradients) fooled {extra} of the {len(idx)} examples the white-box "
-        f"attacks left robust ({_pct(extra / n)} of all)"
+        f"attacks left robust ({pct(extra / n)} of all)"
         + ("; gradients are hiding adversarial examples" if extra / n > tol else ""),
         extra_fooled=extra,
     ))
@@ -186,20 +198,19 @@ def audit(
                                            bounds, seed)
         curve.append({"eps": e, "robust_accuracy": r.float().mean().item()})
     rises = [(a, b) for a, b in zip(curve, curve[1:]) if b["robust_accuracy"] > a["robust_accuracy"] + tol]
-    checks.append(_check(
+    checks.append(make_check(
         "accuracy_falls_with_eps", not rises,
         "PGD-%d robust accuracy at eps %s: %s" % (
-            steps, ", ".join(f"{c['eps']:.3g}" for c in curve), ", ".join(_pct(c["robust_accuracy"]) for c in curve))
+            steps, ", ".join(f"{c['eps']:.3g}" for c in curve), ", ".join(pct(c["robust_accuracy"]) for c in curve))
         + ("; it rises with eps" if rises else ""),
         curve=curve,
     ))
 
-    verdict = PASS if all(c["status"] == PASS for c in checks) else SUSPICIOUS
-    return {"verdict": verdict, "checks": checks, "robust_accuracy": acc, "eps": eps, "norm": norm, "n": n,
+    return {"verdict": verdict_of(checks), "checks": checks, "robust_accuracy": acc, "eps": eps, "norm": norm, "n": n,
             "seconds": time.perf_counter() - start}
 
 
-__all__ = ["audit"]
+__all__ = ["audit", "output_checks"]
 
 
 # ----------------------------------------------------------------------------- loading what to audit
@@ -266,6 +277,8 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
         if model_spec is not None:
             raise ToughenUsageError("give a RUN_DIR or --model, not both")
         cfg = read_config(run_dir)
+        if cfg.get("kind") == "text":
+            return _audit_text_run(run_dir, cfg, eps=eps, norm=norm, n=n, seed=seed, device=dev)
         train = cfg["train"]
         model = load(run_dir, device=dev)
         splits = load_data(train["data"], train["data_dir"], train["val_size"], options=train.get("data_options"))
@@ -287,4 +300,31 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
     report["model"] = str(run_dir) if run_dir is not None else model_spec
     if run_dir is not None:
         write_json(Path(run_dir) / "audit.json", report)
+    return report
+
+
+def _audit_text_run(run_dir, cfg, *, eps, norm, n, seed, device):
+    """A text run is audited at its evaluated edit budget with its discrete evaluation attack."""
+    from pathlib import Path
+
+    from toughen.runs import write_json
+    from toughen.text.attacks import DISCRETE
+    from toughen.text.audit import audit_text
+    from toughen.text.data import load_text_data
+    from toughen.text.train import load_text_run
+
+    if eps is not None or norm is not None:
+        raise ToughenUsageError("a text run is audited at its edit budget; --eps and --norm apply to image models")
+    if n < 1:
+        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    train = cfg["train"]
+    attack = train.get("eval_attack", "char_obfuscate")
+    if attack not in DISCRETE:
+        attack = "char_obfuscate"
+    budget = train.get("eval_budget") if train.get("eval_budget") is not None else train.get("budget", 3)
+    splits = load_text_data(train["data"], train["text_column"], train["label_column"], train["val_size"])
+    model = load_text_run(run_dir, device=device)
+    report = audit_text(model, splits.x_test[:n], splits.y_test[:n], attack=attack, budget=int(budget), seed=seed)
+    report["model"] = str(run_dir)
+    write_json(Path(run_dir) / "audit.json", report)
     return report
