@@ -3,7 +3,7 @@
     toughen sweep --grid "recipe=mix,trades lam=0.5,1,2 beta=1,6 eps=0.1,0.3" --data digits --out sweeps/a
 
 A grid key is any TrainConfig field. A recipe's own parameter (lam for mix, beta for trades; the
-table is ``RECIPE_PARAMETERS`` in toughen.report.collect) multiplies only that recipe's points:
+table is ``RECIPE_PARAMETERS`` in toughen.train.recipes) multiplies only that recipe's points:
 the grid above is 3 x 2 mix runs plus 2 x 2 trades runs, 10 in all, not 2 x 3 x 2 x 2 = 24.
 
 Each point is its own run directory under the sweep's, named from its values
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from toughen.errors import ToughenUsageError
-from toughen.report.collect import RECIPE_PARAMETERS, fmt_number, recipe_parameters
+from toughen.report.collect import fmt_number
+from toughen.train.recipes import RECIPE_PARAMETERS, recipe_parameters
 from toughen.runs import write_json
 
 PLAN_FILE = "sweep.json"

@@ -18,18 +18,8 @@ import yaml
 
 from toughen.errors import ToughenUsageError
 from toughen.runs import read_jsonl
+from toughen.train.recipes import recipe_parameters
 
-# Parameters that belong to one recipe only: a sweep varies them only for those recipes and the
-# report shows them next to the recipe's name. Every other TrainConfig field applies to all.
-# (Recipes not registered in this version are harmless here.)
-RECIPE_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "mix": ("lam",),
-    "trades": ("beta",),
-    "mart": ("beta",),
-    "free": ("free_replays",),
-    "gradalign": ("gradalign_lambda",),
-    "augment": ("noise_std", "augment_flip"),
-}
 SYMBOLS = {"lam": "λ", "beta": "β", "eps": "ε"}
 EDITS = "edits"  # the "norm" of a text run measured by a discrete attack: its budget counts edits
 
@@ -37,10 +27,6 @@ EDITS = "edits"  # the "norm" of a text run measured by a discrete attack: its b
 def threat_size(eps: float, norm: str) -> str:
     """``ε=0.3`` for a radius, ``k=5`` for a number of text edits."""
     return f"k={fmt_number(eps)}" if norm == EDITS else f"ε={fmt_number(eps)}"
-
-
-def recipe_parameters(recipe: str) -> tuple[str, ...]:
-    return RECIPE_PARAMETERS.get(recipe, ())
 
 
 def fmt_number(value: Any) -> str:

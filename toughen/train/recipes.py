@@ -81,6 +81,23 @@ def list_recipes() -> list[str]:
     return RECIPES.names()
 
 
+# Parameters that belong to one recipe only: a sweep varies them only for those recipes and the
+# report shows them next to the recipe's name. Every other TrainConfig field applies to all.
+# (Recipes not registered in this version are harmless here.)
+RECIPE_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "mix": ("lam",),
+    "trades": ("beta",),
+    "mart": ("beta",),
+    "free": ("free_replays",),
+    "gradalign": ("gradalign_lambda",),
+    "augment": ("noise_std", "augment_flip"),
+}
+
+
+def recipe_parameters(recipe: str) -> tuple[str, ...]:
+    return RECIPE_PARAMETERS.get(recipe, ())
+
+
 @RECIPES.register("standard")
 def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """Empirical risk minimization on clean inputs: the undefended baseline."""
