@@ -30,6 +30,7 @@ from toughen.text.data import TextSplits, is_text_data, load_text_data
 from toughen.text.evaluation import evaluate_text_attack
 from toughen.text.models import build_text_model, is_text_model
 from toughen.text.recipes import TEXT_RECIPES, TextRecipeContext
+from toughen.train.config import from_known_fields
 from toughen.train.loop import TrainingDiverged, check_device, make_optimizer
 from toughen.train.schedules import lr_factor
 
@@ -102,11 +103,7 @@ class TextTrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TextTrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ToughenUsageError(f"these options do not apply to text data: {', '.join(unknown)}")
-        return cls(**values)
+        return from_known_fields(cls, values, "these options do not apply to text data: {unknown}")
 
 
 def _eval_budget(cfg: TextTrainConfig) -> float:

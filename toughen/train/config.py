@@ -143,8 +143,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ToughenUsageError(f"unknown config keys: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
+        return from_known_fields(cls, values, "unknown config keys: {unknown}; known: {known}")
+
+
+def from_known_fields(cls, values: dict[str, Any], message: str):
+    """``cls(**values)`` for a config dataclass, refusing keys it does not have with ``message``
+    (formatted with ``{unknown}`` and ``{known}``) rather than a TypeError."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ToughenUsageError(message.format(unknown=", ".join(unknown), known=", ".join(sorted(known))))
+    return cls(**values)
