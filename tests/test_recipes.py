@@ -162,3 +162,35 @@ def test_pass_counter_counts_forward_and_backward(standard_model, test_batch):
         torch.nn.functional.cross_entropy(standard_model(xg), y).backward()
     assert (count.forward, count.backward) == (2 * len(x), len(x))
     standard_model.zero_grad(set_to_none=True)
+
+
+def test_pgd_training_is_madrys_loop_written_by_hand(digits):
+    """One epoch of the `pgd` recipe in the loop gives bit for bit the weights of Madry's
+    min-max written out by hand (same shuffle and random starts, drawn from the generators the
+    loop seeds: the shuffle from `seed`, the attack from `seed + 1`)."""
+    import torch.nn.functional as F
+
+    seed, eps, steps, alpha = 3, 0.1, 3, 0.05
+    models = []
+    for _ in range(2):
+        torch.manual_seed(seed)
+        models.append(build_model("small_cnn", digits.input_shape, digits.num_classes, digits.mean, digits.std))
+    ours, hand = models
+    fit(ours, digits, TrainConfig(data="digits", recipe="pgd", eps=eps, steps=steps, step_size=alpha, epochs=1,
+                                  batch_size=64, lr=1e-3, lr_schedule="constant", seed=seed, val_attack_steps=1,
+                                  select="last"), progress=False)
+    opt = torch.optim.Adam(hand.parameters(), lr=1e-3)
+    shuffle, starts = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(len(digits.x_train), generator=shuffle)
+    for i in range(0, len(order), 64):
+        x, y = digits.x_train[order[i:i + 64]], digits.y_train[order[i:i + 64]]
+        delta = (x + (2 * torch.rand(x.shape, generator=starts) - 1) * eps).clamp(0, 1) - x
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(hand(x + delta), y), delta)
+            delta = (x + (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)).clamp(0, 1) - x
+        opt.zero_grad()
+        F.cross_entropy(hand(x + delta), y).backward()
+        opt.step()
+    for (name, a), b in zip(ours.state_dict().items(), hand.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
