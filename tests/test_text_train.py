@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-import yaml
 
 from toughen.text.models import build_text_model, predict
 from toughen.text.recipes import TextRecipeContext, list_text_recipes, TEXT_RECIPES
@@ -154,12 +153,10 @@ def test_text_audit_passes_a_trained_run_and_writes_audit_json(standard_run, cap
 
 def test_text_audit_flags_randomized_and_probability_outputs(standard_run):
     from toughen.text.audit import audit_text
-    from toughen.text.data import load_text_data
-    from toughen.text.train import load_text_run
+    from toughen.text.train import load_text_run, load_text_run_data
 
     base = load_text_run(standard_run)
-    cfg = yaml.safe_load((standard_run / "config.yaml").read_text())["train"]
-    splits = load_text_data(cfg["data"], cfg["text_column"], cfg["label_column"], cfg["val_size"])
+    splits = load_text_run_data(standard_run)
     texts, y = splits.x_test[:20], splits.y_test[:20]
     cases = {"deterministic": lambda z: z + torch.randn_like(z), "outputs_are_logits": lambda z: z.softmax(1)}
     for check, post in cases.items():

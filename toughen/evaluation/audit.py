@@ -310,8 +310,7 @@ def _audit_text_run(run_dir, cfg, *, eps, norm, n, seed, device):
     from toughen.runs import write_json
     from toughen.text.attacks import DISCRETE
     from toughen.text.audit import audit_text
-    from toughen.text.data import load_text_data
-    from toughen.text.train import load_text_run
+    from toughen.text.train import evaluated_threat, load_text_run, load_text_run_data
 
     if eps is not None or norm is not None:
         raise ToughenUsageError("a text run is audited at its edit budget; --eps and --norm apply to image models")
@@ -319,10 +318,10 @@ def _audit_text_run(run_dir, cfg, *, eps, norm, n, seed, device):
         raise ToughenUsageError(f"--n must be >= 1, got {n}")
     train = cfg["train"]
     attack = train.get("eval_attack", "char_obfuscate")
-    if attack not in DISCRETE:
-        attack = "char_obfuscate"
-    budget = train.get("eval_budget") if train.get("eval_budget") is not None else train.get("budget", 3)
-    splits = load_text_data(train["data"], train["text_column"], train["label_column"], train["val_size"])
+    # a run measured in embedding space is audited with character edits at its training budget
+    budget = evaluated_threat(train) if attack in DISCRETE else train["budget"]
+    attack = attack if attack in DISCRETE else "char_obfuscate"
+    splits = load_text_run_data(run_dir)
     model = load_text_run(run_dir, device=device)
     report = audit_text(model, splits.x_test[:n], splits.y_test[:n], attack=attack, budget=int(budget), seed=seed)
     report["model"] = str(run_dir)

@@ -107,9 +107,10 @@ class RunRecord:
     def eps(self) -> float | None:
         """The size of the threat the run was trained and measured at: eps for images (and for
         text runs measured in embedding space), the evaluated edit budget for other text runs."""
-        if self._text_discrete:
-            budget = self.train.get("eval_budget")
-            return float(budget if budget is not None else self.train.get("budget", 0))
+        if self.is_text:
+            from toughen.text.train import evaluated_threat
+
+            return float(evaluated_threat(self.train))
         return self.train.get("eps")
 
     @property

@@ -48,9 +48,8 @@ def evaluate_run(run_dir: Path, *, attack: str | None, budget: int | None, eps: 
     """Evaluate a text run on its test split under one text attack; record it in evaluations.jsonl."""
     from toughen.runs import read_config, record_evaluation
     from toughen.text.attacks import DISCRETE, TEXT_ATTACKS
-    from toughen.text.data import load_text_data
     from toughen.text.evaluation import evaluate_text_attack
-    from toughen.text.train import load_text_run
+    from toughen.text.train import load_text_run, load_text_run_data
     from toughen.train.loop import check_device
 
     cfg = read_config(run_dir)["train"]
@@ -71,7 +70,7 @@ def evaluate_run(run_dir: Path, *, attack: str | None, budget: int | None, eps: 
         size = eps if eps is not None else cfg["eps"]
         options = {"norm": norm or cfg["norm"], "steps": steps, "step_size": step_size}
     model = load_text_run(run_dir, device=check_device(device))
-    splits = load_text_data(cfg["data"], cfg["text_column"], cfg["label_column"], cfg["val_size"])
+    splits = load_text_run_data(run_dir)
     texts, y = splits.x_test[:n], splits.y_test[:n]
     result = evaluate_text_attack(model, texts, y, attack, budget=size, options=options, seed=seed,
                                   class_names=splits.class_names, n_examples=n_examples)

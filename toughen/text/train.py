@@ -106,10 +106,17 @@ class TextTrainConfig:
         return from_known_fields(cls, values, "these options do not apply to text data: {unknown}")
 
 
+def evaluated_threat(train: dict[str, Any]) -> float:
+    """The threat size a text run is measured at, from its config's ``train`` section:
+    ``eval_budget`` when set, else the edit budget for a discrete evaluation attack and the
+    embedding radius ``eps`` for embed_pgd."""
+    if train.get("eval_budget") is not None:
+        return train["eval_budget"]
+    return train["budget"] if train.get("eval_attack", "char_obfuscate") in DISCRETE else train["eps"]
+
+
 def _eval_budget(cfg: TextTrainConfig) -> float:
-    if cfg.eval_budget is not None:
-        return cfg.eval_budget
-    return cfg.budget if cfg.eval_attack in DISCRETE else cfg.eps
+    return evaluated_threat(cfg.to_dict())
 
 
 def fit_text(model, splits: TextSplits, cfg: TextTrainConfig, *, metrics_path: Path | None = None,
@@ -216,6 +223,12 @@ def train_text(cfg: TextTrainConfig, out: str | Path, *, overwrite: bool = False
 
 def is_text_run(run_dir: str | Path) -> bool:
     return read_config(run_dir).get("kind") == "text"
+
+
+def load_text_run_data(run_dir: str | Path) -> TextSplits:
+    """The dataset a text run was trained on, split as it was (its test split is the one to attack)."""
+    train = read_config(run_dir)["train"]
+    return load_text_data(train["data"], train["text_column"], train["label_column"], train["val_size"])
 
 
 def load_text_run(run_dir: str | Path, device: str | torch.device = "cpu"):
