@@ -14,15 +14,13 @@ from typing import Any, Optional
 
 import typer
 import yaml
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from toughen.console import err, out
 from toughen.errors import ToughenUsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.split("\n\n")[0])
-err = Console(stderr=True)
-out = Console()
 
 
 def _fail(message: str) -> None:

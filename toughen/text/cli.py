@@ -12,14 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from toughen.console import err, out
 from toughen.errors import ToughenUsageError
 from toughen.text.attacks.obfuscate import reveal
 
-out = Console()
-err = Console(stderr=True)
 
 # TrainConfig flags that mean nothing for text; passing one is an error, not a silent no-op
 _IMAGE_ONLY = ("data_dir", "eps_warmup", "eval_steps", "amp", "channels_last")
