@@ -194,3 +194,46 @@ def test_pgd_training_is_madrys_loop_written_by_hand(digits):
         opt.step()
     for (name, a), b in zip(ours.state_dict().items(), hand.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_atta_accumulates_each_examples_perturbation_as_a_hand_loop_would(standard_model, test_batch):
+    """Two visits of the same examples: the first is FGSM-RS from a random start, the second one
+    more 1.25 eps sign step from the stored perturbation, projected to the ball and the bounds;
+    examples not in the batch keep theirs. A hand-written loop with the same random start agrees."""
+    from toughen.train.single_step import ATTA_STEP
+
+    model = standard_model
+    x, y = test_batch
+    x, y = x[:32], y[:32]
+    eps, index = 0.1, torch.arange(10, 42)
+    ctx = RecipeContext(eps=eps, generator=torch.Generator().manual_seed(3), index=index, train_size=50)
+
+    def by_hand(start):
+        d = start.clone().requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(x + d), y)
+        (g,) = torch.autograd.grad(loss, d)
+        d = (start + ATTA_STEP * eps * g.sign()).clamp(-eps, eps)
+        return (x + d).clamp(0, 1) - x
+
+    start = (torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1) * eps
+    start = (x + start).clamp(0, 1) - x
+    expected = by_hand(start)
+    RECIPES.get("atta")(model, x, y, ctx)
+    stored = ctx.state["atta_delta"]
+    assert torch.allclose(stored[index], expected, atol=1e-6)
+    assert stored[:10].abs().max() == 0 and stored[42:].abs().max() == 0  # not visited: untouched
+    assert ctx.state["atta_seen"].sum() == 32
+
+    expected = by_hand(expected)  # the next epoch starts where this one stopped
+    RECIPES.get("atta")(model, x, y, ctx)
+    second = ctx.state["atta_delta"][index]
+    assert torch.allclose(second, expected, atol=1e-6)
+    assert second.abs().max() <= eps + 1e-6 and (x + second).min() >= 0 and (x + second).max() <= 1
+
+
+def test_atta_refuses_what_would_misalign_or_lose_its_memory(standard_model, test_batch):
+    x, y = test_batch
+    with pytest.raises(ToughenUsageError, match="dataset indices"):
+        RECIPES.get("atta")(standard_model, x[:8], y[:8], RecipeContext(eps=0.1))
+    with pytest.raises(ToughenUsageError, match="misalign"):
+        TrainConfig(data="digits", recipe="atta", crop_pad=2).validate()

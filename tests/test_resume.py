@@ -138,3 +138,27 @@ def test_patience_stops_when_validation_stops_improving(tmp_path):
                       eval_steps=0, val_attack_steps=1, patience=2)
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["epochs_run"] == 3 and summary["stopped_early"] and summary["selected_epoch"] == 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_atta_resumes_its_stored_perturbations_exactly(tmp_path):
+    """atta's memory (one perturbation per training image) is in the checkpoint: a run stopped
+    after an epoch and resumed ends with the weights of one never stopped."""
+    cfg = TrainConfig(data="digits", recipe="atta", eps=0.1, epochs=3, batch_size=64, eval_steps=0,
+                      val_attack_steps=1, seed=1)
+    train(cfg, tmp_path / "whole", progress=False)
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(cfg, tmp_path / "stopped", progress=False, on_epoch=stop_after_first)
+    assert load_checkpoint(tmp_path / "stopped")["recipe_state"]["atta_seen"].all()
+    train(cfg, tmp_path / "stopped", progress=False, resume=True)
+    whole = load_file(tmp_path / "whole" / "model_last.safetensors")
+    resumed = load_file(tmp_path / "stopped" / "model_last.safetensors")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -110,6 +110,11 @@ class TrainConfig:
             raise ToughenUsageError(f"flip is true or false, got {self.flip!r}")
         if not isinstance(self.data_options, dict):
             raise ToughenUsageError(f"data_options is a mapping of the dataset's options, got {self.data_options!r}")
+        if self.recipe == "atta" and (self.crop_pad or self.flip):
+            raise ToughenUsageError(
+                "the atta recipe keeps each training image's perturbation between epochs, which random crops "
+                "and flips would misalign: drop --crop-pad/--flip, or use fgsm_rs or nfgsm"
+            )
         if self.eval_n is not None and self.eval_n < 1:
             raise ToughenUsageError(f"eval_n must be >= 1, got {self.eval_n}")
         return self

@@ -106,6 +106,11 @@ def fit(
     the same arguments: each trains on its shard of every global batch through DDP, the metrics
     are the whole job's, and only rank 0 writes files or calls ``on_epoch``.
     """
+    if dist.enabled and cfg.recipe == "atta":
+        raise ToughenUsageError(
+            "the atta recipe keeps each example's perturbation in the process that attacked it, and under "
+            "torchrun an example moves between processes from one epoch to the next: train atta in one process"
+        )
     device = next(model.parameters()).device
     if run_dir is not None and metrics_path is None:
         metrics_path = Path(run_dir) / "metrics.jsonl"
@@ -153,7 +158,7 @@ def fit(
         eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, step_size=cfg.resolved_step_size(), bounds=splits.bounds,
         lam=cfg.lam, beta=cfg.beta, free_replays=cfg.free_replays, gradalign_lambda=cfg.gradalign_lambda,
         noise_std=cfg.noise_std, augment_crop=cfg.augment_crop,
-        augment_flip=cfg.augment_flip, generator=attack_gen, update=update,
+        augment_flip=cfg.augment_flip, generator=attack_gen, update=update, train_size=len(splits.x_train),
     )
     history: list[dict] = []
     best: dict[str, Any] | None = None  # epoch, key (robust, clean), weights
@@ -232,6 +237,7 @@ def fit(
                     x = crop_flip(x, cfg.crop_pad, cfg.flip, attack_gen)
                 x = x.contiguous(memory_format=memory_format)
                 y = splits.y_train[idx].to(device)
+                ctx.index = idx.to(device)
                 with autocast(cfg, device):
                     out = recipe(step_model, x, y, ctx)
                 if not out.updated:

@@ -12,7 +12,7 @@ The loop in :mod:`toughen.train.loop` sets the model's mode; recipes never chang
 A recipe returns the loss and the loop takes the optimizer step, except for a recipe such as
 ``free`` that takes several steps per batch: it calls ``ctx.update(loss)`` (backward, clip,
 optimizer step; the loop supplies it) itself and returns ``StepOutput(..., updated=True)``.
-The single-step recipes (fgsm, fgsm_rs, nfgsm, gradalign, free) live in
+The single-step recipes (fgsm, fgsm_rs, nfgsm, gradalign, free, atta) live in
 :mod:`toughen.train.single_step`.
 """
 
@@ -53,6 +53,10 @@ class RecipeContext:
     update: Callable[[torch.Tensor], None] | None = None
     # What a recipe carries from one batch to the next (free's perturbation); checkpointed.
     state: dict[str, Any] = field(default_factory=dict)
+    # Which training examples the batch's rows are (their dataset indices) and how many there are,
+    # for a recipe that remembers each example from one epoch to the next (atta).
+    index: torch.Tensor | None = None
+    train_size: int | None = None
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training attack: PGD from a random start, last iterate (as in Madry et al.)."""
@@ -193,6 +197,15 @@ def augment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeConte
     x_aug = (x_aug + std * noise).clamp(*ctx.bounds)
     logits = model(x_aug)
     return StepOutput(F.cross_entropy(logits, y), clean_logits=logits)
+
+
+def require_index(ctx: RecipeContext, recipe: str) -> tuple[torch.Tensor, int]:
+    if ctx.index is None or ctx.train_size is None:
+        raise ToughenUsageError(
+            f"the {recipe} recipe remembers each training example between epochs: give RecipeContext the "
+            "batch's dataset indices (index) and the number of training examples (train_size)"
+        )
+    return ctx.index, ctx.train_size
 
 
 def require_update(ctx: RecipeContext, recipe: str) -> Callable[[torch.Tensor], None]:
