@@ -34,8 +34,9 @@ ROOT = HERE.parent
 def pick_model(run: str | None) -> str:
     if run:
         return run
-    for candidate in (ROOT / "runs" / "demo" / "pgd", ROOT / "runs" / "bench" / "pgd"):
-        if (candidate / "model.safetensors").is_file():
+    # Relative to the repository (the scripts run there): the docs then name runs/demo/pgd, not a clone's path.
+    for candidate in (Path("runs") / "demo" / "pgd", Path("runs") / "bench" / "pgd"):
+        if (ROOT / candidate / "model.safetensors").is_file():
             return str(candidate)
     from toughen.train import TrainConfig, train
 
@@ -44,7 +45,7 @@ def pick_model(run: str | None) -> str:
     cfg = TrainConfig(recipe="pgd", epochs=4, eps=0.3, steps=10, eps_warmup=1 / 3, eval_steps=0, amp="bf16",
                       channels_last=True)
     train(cfg, out, overwrite=True, progress=False)
-    return str(out)
+    return str(out.relative_to(ROOT))
 
 
 def main() -> None:
