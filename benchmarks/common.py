@@ -118,7 +118,11 @@ def git_revision() -> str | None:
                              timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    rev = out.stdout.strip() or None
+    # A result measured on uncommitted code says so (the scripts' own output files aside).
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":!docs/benchmarks.md"], cwd=ROOT,
+                           capture_output=True, timeout=10).returncode == 1
+    return f"{rev} with uncommitted changes" if rev and dirty else rev
 
 
 def machine_info() -> dict[str, Any]:
