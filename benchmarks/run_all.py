@@ -4,14 +4,14 @@
 
 The attack-strength and evaluation benchmarks need a PGD-trained mnist5k model: ``--run``, else
 ``runs/demo/pgd`` (what ``make demo`` trains), else a short one trained here once into
-``runs/bench/pgd`` (4 epochs, about a minute on 2 cores) and reused afterwards.
+``runs/bench/pgd`` (4 epochs, about 40 seconds on one core) and reused afterwards.
 
 Each script writes its own section of docs/benchmarks.md and its JSON under benchmarks/results/.
 On a machine with two or more cores the scripts run in two lanes at once, each pinned to one core
-with one torch thread (attacks and ART training on core 0; the suite comparison and single-step
-training on core 1): every ratio is between contenders of one script, which share a core, and the
+with one torch thread (the benchmark model if one is needed, attacks and ART training on core 0;
+single-step training, then the suite comparison, on core 1): every ratio is between contenders of one script, which share a core, and the
 whole run takes about half the time. ``--serial`` runs them one after the other on all cores.
-They are sized down (60 evaluation examples, only pgd and atta in the 10-epoch training
+They are sized down (50 evaluation examples, only pgd and atta in the 10-epoch training
 comparison, CIFAR-shaped batch of 2; ``--full`` keeps their own defaults) so that the whole run finishes in under 15 minutes on an idle
 2-core CPU; this prints each script's time.
 """
@@ -31,21 +31,22 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def pick_model(run: str | None) -> str:
-    if run:
-        return run
-    # Relative to the repository (the scripts run there): the docs then name runs/demo/pgd, not a clone's path.
-    for candidate in (Path("runs") / "demo" / "pgd", Path("runs") / "bench" / "pgd"):
-        if (ROOT / candidate / "model.safetensors").is_file():
-            return str(candidate)
-    from toughen.train import TrainConfig, train
+BENCH_MODEL = Path("runs") / "bench" / "pgd"
+# The 4-epoch PGD model trained when none is given: the demo's recipe, shorter.
+TRAIN_BENCH_MODEL = ["-m", "toughen", "train", "--recipe", "pgd", "--epochs", "4", "--eps", "0.3", "--steps", "10",
+                     "--eps-warmup", "0.3333", "--eval-steps", "0", "--amp", "bf16", "--channels-last",
+                     "--out", str(BENCH_MODEL), "--overwrite", "--json"]
 
-    out = ROOT / "runs" / "bench" / "pgd"
-    print(f"no PGD-trained model given: training one into {out} (4 epochs)", flush=True)
-    cfg = TrainConfig(recipe="pgd", epochs=4, eps=0.3, steps=10, eps_warmup=1 / 3, eval_steps=0, amp="bf16",
-                      channels_last=True)
-    train(cfg, out, overwrite=True, progress=False)
-    return str(out.relative_to(ROOT))
+
+def pick_model(run: str | None) -> tuple[str, bool]:
+    """The model to attack and whether it still has to be trained. Paths are relative to the
+    repository (the scripts run there), so the docs name runs/demo/pgd, not a clone's path."""
+    if run:
+        return run, False
+    for candidate in (Path("runs") / "demo" / "pgd", BENCH_MODEL):
+        if (ROOT / candidate / "model.safetensors").is_file():
+            return str(candidate), False
+    return str(BENCH_MODEL), True
 
 
 def main() -> None:
@@ -61,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
 
     t_all = time.perf_counter()
-    run = pick_model(args.run)
+    run, to_train = pick_model(args.run)
     py = sys.executable
     quick = ["--quick"] if args.quick else []
     cores = os.cpu_count() or 1
@@ -74,34 +75,50 @@ def main() -> None:
         attacks += ["--cifar-n", "2"]
     art_training = [py, "benchmarks/bench_art_training.py", *quick, *threads]
     plan_a = [("attacks", attacks), ("art-training", art_training)]
+    if to_train:  # first in its lane; the other lane starts with training, which needs no model
+        print(f"no PGD-trained model given: training one into {run} (4 epochs)", flush=True)
+        plan_a.insert(0, ("model", [py, *TRAIN_BENCH_MODEL]))
     plan_b = []
     if (HERE / "bench_eval.py").is_file():  # issue 3: toughen's `standard` suite vs AutoAttack
-        size = [] if args.full else ["--n", "20" if args.quick else "60"]
+        size = [] if args.full else ["--n", "20" if args.quick else "50"]
         size += ["--no-doc", "--no-art"] if args.quick else []
-        plan_b.append(("eval", [py, "benchmarks/bench_eval.py", "--run", run, *size, *threads]))
+        eval_step = ("eval", [py, "benchmarks/bench_eval.py", "--run", run, *size, *threads])
     if (HERE / "bench_training.py").is_file():  # issue 4: single-step vs PGD training
         # pgd and atta at the full 10 epochs (atta needs epochs to accumulate its steps); the other
         # single-step recipes only with --full.
         size = [] if args.full else ["--epochs", "1", "--no-doc", "--recipes", "pgd,atta"] if args.quick \
             else ["--recipes", "pgd,atta"]
         plan_b.append(("training", [py, "benchmarks/bench_training.py", *size, *threads]))
+    if (HERE / "bench_eval.py").is_file():
+        plan_b.append(eval_step)  # after training: by then the other lane has trained the model
     only = set(args.only.split(",")) if args.only else None
-    plan_a = [(n, c) for n, c in plan_a if only is None or n in only]
+    plan_a = [(n, c) for n, c in plan_a if only is None or n in only or n == "model"]
     plan_b = [(n, c) for n, c in plan_b if only is None or n in only]
 
     times: dict[str, float] = {}
     failed: list[str] = []
+    model_ready = threading.Event()
+    if not any(name == "model" for name, _ in plan_a):
+        model_ready.set()
+    # one torch thread per script in a lane (the scripts that take --threads get it too)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if lanes == 2 else None
 
     def run_lane(plan, core):
         for name, cmd in plan:
+            if name in ("attacks", "eval"):
+                model_ready.wait()
             if core is not None:
                 cmd = ["taskset", "-c", str(core), *cmd]
             print(f"\n=== {name}: {' '.join(Path(c).name if c == py else c for c in cmd)}", flush=True)
             t0 = time.perf_counter()
-            rc = subprocess.call(cmd, cwd=ROOT)
+            rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL if name == "model" else None)
             times[name] = time.perf_counter() - t0
             if rc != 0:
                 failed.append(f"{name} (exit {rc})")
+            if name == "model":
+                if rc != 0:  # nothing to attack: the lanes' attack and eval steps would fail
+                    sys.exit(f"training the benchmark model failed (exit {rc})")
+                model_ready.set()
 
     if lanes == 2:
         print(f"two lanes, one core each: {[n for n, _ in plan_a]} on core 0, {[n for n, _ in plan_b]} on core 1",
