@@ -479,7 +479,9 @@ def _print_table(title: str, rows: list[dict]) -> None:
                            "robust_accuracy", "n", "n_test", "train_seconds", "seconds", "status")
                if any(c in r for r in rows)]
     for c in columns:
-        table.add_column(c.replace("_", " "), justify="left" if c in ("run", "recipe", "attack", "status") else "right")
+        name_column = c in ("run", "recipe", "attack", "status")
+        # names stay whole (a cut attack name says nothing); numeric headers wrap instead
+        table.add_column(c.replace("_", " "), justify="left" if name_column else "right", no_wrap=name_column)
     for r in rows:
         cells = []
         for c in columns:

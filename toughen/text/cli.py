@@ -119,9 +119,11 @@ def demo(out_dir: Path, *, budget: int = 5, epochs: int = 12, overwrite: bool = 
         err.print(f"[bold]training[/] char_cnn, {name} ({cfg.epochs} epochs)")
         summary = train_text(cfg, out_dir / name, overwrite=overwrite, progress=True)
         rows.append(summary)
+    # a summary's budget is the one it trained at; the attack evaluated is in robust_attack
+    shown = [{("train_budget" if k == "budget" else k): v for k, v in r.items()} for r in rows]
     print_table(f"demo-text: char_cnn on prompt_injection, char_obfuscate with at most {budget} edits "
                 f"(text_augment trained at {train_budget}), "
-                f"{rows[0]['n_test']} test texts", rows)
+                f"{rows[0]['n_test']} test texts", shown)
     std, adv = rows
     ratio = adv["attack_success_rate"] / std["attack_success_rate"] if std["attack_success_rate"] else float("nan")
     out.print(f"attack success rate, adversarially trained / standard: {ratio:.2f}; "
@@ -132,11 +134,13 @@ def demo(out_dir: Path, *, budget: int = 5, epochs: int = 12, overwrite: bool = 
 
 def print_table(title: str, rows: list[dict]) -> None:
     table = Table(title=title)
-    columns = [c for c in ("recipe", "attack", "robust_attack", "budget", "clean_accuracy", "robust_accuracy",
-                           "attack_success_rate", "mean_edits", "mean_queries", "n", "n_test", "train_seconds",
-                           "seconds") if any(c in r for r in rows)]
+    columns = [c for c in ("recipe", "attack", "robust_attack", "budget", "train_budget", "clean_accuracy",
+                           "robust_accuracy", "attack_success_rate", "mean_edits", "mean_queries", "n", "n_test",
+                           "train_seconds", "seconds") if any(c in r for r in rows)]
     for c in columns:
-        table.add_column(c.replace("_", " "), justify="left" if c in ("recipe", "attack", "robust_attack") else "right")
+        name_column = c in ("recipe", "attack", "robust_attack")
+        # names stay whole (a cut attack name says nothing); numeric headers wrap instead
+        table.add_column(c.replace("_", " "), justify="left" if name_column else "right", no_wrap=name_column)
     for r in rows:
         cells = []
         for c in columns:
@@ -144,7 +148,7 @@ def print_table(title: str, rows: list[dict]) -> None:
             if c.endswith(("accuracy", "rate")):
                 cells.append(f"{100 * v:.1f}%")
             elif isinstance(v, float):
-                cells.append(f"{v:.3g}" if c == "budget" else f"{v:.1f}")
+                cells.append(f"{v:.3g}" if c.endswith("budget") else f"{v:.1f}")
             else:
                 cells.append(str(v))
         table.add_row(*cells)
