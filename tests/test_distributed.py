@@ -174,3 +174,31 @@ def test_eval_under_torchrun_agrees_with_one_process(runs):
     assert [c["eps"] for c in suite["curve"]] == [0.05, 0.1]
     assert suite["curve"][0]["robust_accuracy"] >= suite["curve"][1]["robust_accuracy"]
 
+
+
+# free carries a perturbation of its own shard on each rank from batch to batch: a resume must
+# give every rank back its own, not rank 0's.
+FREE_CFG = {**CFG, "recipe": "free", "free_replays": 2, "guard": False, "eval_steps": 0}
+
+
+@pytest.fixture(scope="module")
+def free_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist_free")
+    (tmp / "cfg.yaml").write_text(yaml.safe_dump(FREE_CFG))
+    (tmp / "resume").mkdir()
+    (tmp / "resume" / "cfg.yaml").write_text(yaml.safe_dump(FREE_CFG))
+    (tmp / "resume" / "driver.py").write_text(RESUME_DRIVER.split("# evaluation under torchrun")[0])
+    ddp = _start_torchrun(tmp, "-m", "toughen", "train", "--config", "cfg.yaml", "--out", "ddp", "--json")
+    resumed = _start_torchrun(tmp / "resume", "driver.py")
+    _finish(ddp)
+    _finish(resumed)
+    return tmp
+
+
+def test_free_resumes_under_torchrun_with_each_ranks_own_perturbation(free_runs):
+    from safetensors.torch import load_file
+
+    part = free_runs / "resume" / "part"
+    assert _without_timing(_rows(part)) == _without_timing(_rows(free_runs / "ddp"))
+    a, b = load_file(part / "model_last.safetensors"), load_file(free_runs / "ddp" / "model_last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -180,6 +180,9 @@ def fit(
                         f"the same number (torchrun --nproc-per-node), not {dist.world_size}"
                     )
                 attack_gen.set_state(ranks[dist.rank])
+                by_rank = ckpt.get("recipe_state_by_rank")
+                if by_rank is not None:
+                    ctx.state = {k: v.to(device) for k, v in by_rank[dist.rank].items()}
             history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
         if metrics_path is not None and dist.is_main:  # drop rows of an epoch that did not reach its checkpoint
             atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
@@ -301,14 +304,18 @@ def fit(
                 append_jsonl(metrics_path, row)
             if run_dir is not None:
                 rng = rng_state(shuffle_gen, attack_gen)
-                if dist.enabled:  # each rank's own attack generator, so a resume continues every rank
+                recipe_state = {k: v.detach().cpu() for k, v in ctx.state.items()}
+                recipe_state_by_rank = None
+                if dist.enabled:  # each rank's own attack generator and carried state (free's
+                    # perturbation is of the rank's own shard), so a resume continues every rank
                     rng["attack_by_rank"] = dist.gather(attack_gen.get_state().cpu())
+                    recipe_state_by_rank = dist.gather(recipe_state)
             if run_dir is not None and dist.is_main:
                 save_weights(model, Path(run_dir) / "model_last.safetensors")
                 save_checkpoint(run_dir, {
                     "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "guard": guard.state_dict(),
-                    "recipe_state": {k: v.detach().cpu() for k, v in ctx.state.items()},
+                    "recipe_state": recipe_state, "recipe_state_by_rank": recipe_state_by_rank,
                     "rng": rng, "history": history, "best": best,
                 })
             if on_epoch is not None and dist.is_main:
