@@ -9,11 +9,12 @@ The attack-strength and evaluation benchmarks need a PGD-trained mnist5k model: 
 Each script writes its own section of docs/benchmarks.md and its JSON under benchmarks/results/.
 On a machine with two or more cores the scripts run in two lanes at once, each pinned to one core
 with one torch thread (the benchmark model if one is needed, attacks and ART training on core 0;
-single-step training, then the suite comparison, on core 1): every ratio is between contenders of one script, which share a core, and the
-whole run takes about half the time. ``--serial`` runs them one after the other on all cores.
-They are sized down (50 evaluation examples, only pgd and atta in the 10-epoch training
-comparison, CIFAR-shaped batch of 2; ``--full`` keeps their own defaults) so that the whole run finishes in under 15 minutes on an idle
-2-core CPU; this prints each script's time.
+single-step training, then the suite comparison, on core 1): every ratio is between contenders of
+one script, which share a core, and the whole run takes about half the time. ``--serial`` runs
+them one after the other on all cores. They are sized down (50 evaluation examples, only pgd and
+atta in the 10-epoch training comparison, CIFAR-shaped batch of 2; ``--full`` keeps their own
+defaults) so that the whole run finishes in under 15 minutes on an idle 2-core CPU; this prints
+each script's time.
 """
 
 from __future__ import annotations
@@ -79,18 +80,21 @@ def main() -> None:
         print(f"no PGD-trained model given: training one into {run} (4 epochs)", flush=True)
         plan_a.insert(0, ("model", [py, *TRAIN_BENCH_MODEL]))
     plan_b = []
-    if (HERE / "bench_eval.py").is_file():  # issue 3: toughen's `standard` suite vs AutoAttack
-        size = [] if args.full else ["--n", "20" if args.quick else "50"]
-        size += ["--no-doc", "--no-art"] if args.quick else []
-        eval_step = ("eval", [py, "benchmarks/bench_eval.py", "--run", run, *size, *threads])
     if (HERE / "bench_training.py").is_file():  # issue 4: single-step vs PGD training
         # pgd and atta at the full 10 epochs (atta needs epochs to accumulate its steps); the other
         # single-step recipes only with --full.
-        size = [] if args.full else ["--epochs", "1", "--no-doc", "--recipes", "pgd,atta"] if args.quick \
-            else ["--recipes", "pgd,atta"]
+        if args.full:
+            size = []
+        elif args.quick:
+            size = ["--epochs", "1", "--no-doc", "--recipes", "pgd,atta"]
+        else:
+            size = ["--recipes", "pgd,atta"]
         plan_b.append(("training", [py, "benchmarks/bench_training.py", *size, *threads]))
-    if (HERE / "bench_eval.py").is_file():
-        plan_b.append(eval_step)  # after training: by then the other lane has trained the model
+    if (HERE / "bench_eval.py").is_file():  # issue 3: toughen's `standard` suite vs AutoAttack
+        # after training, so that the other lane has trained the model by then
+        size = [] if args.full else ["--n", "20" if args.quick else "50"]
+        size += ["--no-doc", "--no-art"] if args.quick else []
+        plan_b.append(("eval", [py, "benchmarks/bench_eval.py", "--run", run, *size, *threads]))
     only = set(args.only.split(",")) if args.only else None
     plan_a = [(n, c) for n, c in plan_a if only is None or n in only or n == "model"]
     plan_b = [(n, c) for n, c in plan_b if only is None or n in only]

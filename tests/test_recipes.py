@@ -197,8 +197,8 @@ def test_pgd_training_is_madrys_loop_written_by_hand(digits):
 
 
 def test_atta_accumulates_each_examples_perturbation_as_a_hand_loop_would(standard_model, test_batch):
-    """Two visits of the same examples: the first is FGSM-RS from a random start, the second one
-    more 1.25 eps sign step from the stored perturbation, projected to the ball and the bounds;
+    """Two visits of the same examples: the first is one ATTA_STEP * eps sign step from a random
+    start, the second one more from the stored perturbation, projected to the ball and the bounds;
     examples not in the batch keep theirs. A hand-written loop with the same random start agrees."""
     from toughen.train.single_step import ATTA_STEP
 

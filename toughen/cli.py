@@ -17,7 +17,7 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
-from toughen.console import err, out
+from toughen.console import err, out, print_table
 from toughen.errors import ToughenUsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.split("\n\n")[0])
@@ -474,28 +474,9 @@ def sweep(
 # ----------------------------------------------------------------------------- output
 
 def _print_table(title: str, rows: list[dict]) -> None:
-    table = Table(title=title)
-    columns = [c for c in ("run", "recipe", "lam", "beta", "attack", "robust_attack", "eps", "clean_accuracy",
-                           "robust_accuracy", "n", "n_test", "train_seconds", "seconds", "status")
-               if any(c in r for r in rows)]
-    for c in columns:
-        name_column = c in ("run", "recipe", "attack", "status")
-        # names stay whole (a cut attack name says nothing); numeric headers wrap instead
-        table.add_column(c.replace("_", " "), justify="left" if name_column else "right", no_wrap=name_column)
-    for r in rows:
-        cells = []
-        for c in columns:
-            v = r.get(c, "")
-            if v == "" or v is None:
-                cells.append("—")
-            elif c.endswith("accuracy"):
-                cells.append(f"{100 * v:.1f}%")
-            elif isinstance(v, float):
-                cells.append(f"{v:.3g}" if c in ("eps", "lam", "beta") else f"{v:.1f}")
-            else:
-                cells.append(str(v))
-        table.add_row(*cells)
-    out.print(table)
+    print_table(title, rows, ("run", "recipe", "lam", "beta", "attack", "robust_attack", "eps", "clean_accuracy",
+                              "robust_accuracy", "n", "n_test", "train_seconds", "seconds", "status"),
+                names=("run", "recipe", "attack", "status"), short=("eps", "lam", "beta"), missing="—")
 
 
 def main() -> None:

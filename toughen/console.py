@@ -6,6 +6,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.table import Table
 
 # Piped into a file or `tee` (as `make demo` often is), rich assumes 80 columns and cuts the
 # tables' recipe and attack names to a few letters; a log file has room for the whole table.
@@ -19,3 +20,30 @@ def _console(stream) -> Console:
 
 out = _console(sys.stdout)
 err = _console(sys.stderr)
+
+
+def print_table(title: str, rows: list[dict], columns: tuple[str, ...], *, names: tuple[str, ...],
+                short: tuple[str, ...] = (), missing: str | None = None) -> None:
+    """``rows`` as a table on ``out``, with those of ``columns`` that any row has. The ``names``
+    columns are left-aligned and never cut (a cut attack name says nothing; numeric headers wrap
+    instead); accuracies and rates print as percentages, the ``short`` columns' floats to three
+    significant digits, other floats to one decimal. ``missing``, when given, stands for an absent
+    or None value."""
+    table = Table(title=title)
+    shown = [c for c in columns if any(c in r for r in rows)]
+    for c in shown:
+        table.add_column(c.replace("_", " "), justify="left" if c in names else "right", no_wrap=c in names)
+    for r in rows:
+        cells = []
+        for c in shown:
+            v = r.get(c, "")
+            if missing is not None and (v == "" or v is None):
+                cells.append(missing)
+            elif c.endswith(("accuracy", "rate")):
+                cells.append(f"{100 * v:.1f}%")
+            elif isinstance(v, float):
+                cells.append(f"{v:.3g}" if c in short else f"{v:.1f}")
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
+    out.print(table)

@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from toughen.console import err, out
+from toughen.console import err, out, print_table as show_rows
 from toughen.errors import ToughenUsageError
 from toughen.text.attacks.obfuscate import reveal
 
@@ -133,26 +133,10 @@ def demo(out_dir: Path, *, budget: int = 5, epochs: int = 12, overwrite: bool = 
 
 
 def print_table(title: str, rows: list[dict]) -> None:
-    table = Table(title=title)
-    columns = [c for c in ("recipe", "attack", "robust_attack", "budget", "train_budget", "clean_accuracy",
-                           "robust_accuracy", "attack_success_rate", "mean_edits", "mean_queries", "n", "n_test",
-                           "train_seconds", "seconds") if any(c in r for r in rows)]
-    for c in columns:
-        name_column = c in ("recipe", "attack", "robust_attack")
-        # names stay whole (a cut attack name says nothing); numeric headers wrap instead
-        table.add_column(c.replace("_", " "), justify="left" if name_column else "right", no_wrap=name_column)
-    for r in rows:
-        cells = []
-        for c in columns:
-            v = r.get(c, "")
-            if c.endswith(("accuracy", "rate")):
-                cells.append(f"{100 * v:.1f}%")
-            elif isinstance(v, float):
-                cells.append(f"{v:.3g}" if c.endswith("budget") else f"{v:.1f}")
-            else:
-                cells.append(str(v))
-        table.add_row(*cells)
-    out.print(table)
+    show_rows(title, rows, ("recipe", "attack", "robust_attack", "budget", "train_budget", "clean_accuracy",
+                            "robust_accuracy", "attack_success_rate", "mean_edits", "mean_queries", "n", "n_test",
+                            "train_seconds", "seconds"),
+              names=("recipe", "attack", "robust_attack"), short=("budget", "train_budget"))
 
 
 def print_examples(examples: list[dict], title: str = "examples") -> None:

@@ -149,7 +149,8 @@ def atta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
     if fresh.any():
         noise = threat.random_start(x, ctx.eps, ctx.norm, ctx.bounds, ctx.generator)
         start = torch.where(fresh.view(-1, *([1] * (x.dim() - 1))), noise, start)
-    # eps may have grown since the last epoch (warm-up): the stored point is inside the new ball.
+    # With the loop's warm-up eps only grows and this is a no-op; a loop that lowers eps gets its
+    # stored points back inside the smaller ball.
     start = threat.clamp_to_bounds(x, threat.project(start, ctx.eps, ctx.norm), ctx.bounds)
     grad = input_grad(model, x + start, y, create_graph=False)
     delta = threat.step(x, start, grad, ATTA_STEP * ctx.eps, ctx.eps, ctx.norm, ctx.bounds)
