@@ -12,7 +12,7 @@ with one torch thread (the benchmark model if one is needed, attacks and ART tra
 single-step training, then the suite comparison, on core 1): every ratio is between contenders of
 one script, which share a core, and the whole run takes about half the time. ``--serial`` runs
 them one after the other on all cores. They are sized down (50 evaluation examples, only pgd and
-atta in the 10-epoch training comparison, CIFAR-shaped batch of 2; ``--full`` keeps their own
+atta_free in the 10-epoch training comparison, CIFAR-shaped batch of 2; ``--full`` keeps their own
 defaults) so that the whole run finishes in under 15 minutes on an idle 2-core CPU; this prints
 each script's time.
 """
@@ -81,14 +81,14 @@ def main() -> None:
         plan_a.insert(0, ("model", [py, *TRAIN_BENCH_MODEL]))
     plan_b = []
     if (HERE / "bench_training.py").is_file():  # issue 4: single-step vs PGD training
-        # pgd and atta at the full 10 epochs (atta needs epochs to accumulate its steps); the other
-        # single-step recipes only with --full.
+        # pgd and atta_free (the best single-step recipe) at the full 10 epochs (it needs epochs to
+        # accumulate its steps); the other single-step recipes only with --full.
         if args.full:
             size = []
         elif args.quick:
-            size = ["--epochs", "1", "--no-doc", "--recipes", "pgd,atta"]
+            size = ["--epochs", "1", "--no-doc", "--recipes", "pgd,atta_free"]
         else:
-            size = ["--recipes", "pgd,atta"]
+            size = ["--recipes", "pgd,atta_free"]
         plan_b.append(("training", [py, "benchmarks/bench_training.py", *size, *threads]))
     if (HERE / "bench_eval.py").is_file():  # issue 3: toughen's `standard` suite vs AutoAttack
         # after training, so that the other lane has trained the model by then

@@ -64,7 +64,7 @@ def test_recipe_raises_pgd_accuracy_over_standard(recipe, digits, standard_accur
 
 
 @pytest.mark.parametrize("recipe, multiplier", [("standard", 1), ("pgd", 4), ("fgsm", 2), ("nfgsm", 2),
-                                                ("free", 2)])
+                                                ("free", 2), ("atta", 2), ("atta_free", 2)])
 def test_cost_multiplier_counts_passes(recipe, multiplier, digits):
     """PGD-3 is 3 attack steps + 1 training step: 4 forward and 4 backward passes per example."""
     _, history = _train(digits, recipe=recipe, epochs=1)
@@ -231,9 +231,61 @@ def test_atta_accumulates_each_examples_perturbation_as_a_hand_loop_would(standa
     assert second.abs().max() <= eps + 1e-6 and (x + second).min() >= 0 and (x + second).max() <= 1
 
 
-def test_atta_refuses_what_would_misalign_or_lose_its_memory(standard_model, test_batch):
+def test_atta_free_takes_its_second_step_from_the_training_backward(standard_model, test_batch):
+    """atta_free = one ATTA step, an optimizer step on x + delta1, and a second step from the input
+    gradient of that same training loss (the model before the update): a hand-written loop with
+    the same random start and a plain SGD step agrees on both the stored perturbation and the
+    weights."""
+    from toughen.train.single_step import ATTA_STEP
+
     x, y = test_batch
+    x, y = x[:32], y[:32]
+    eps, index, lr = 0.1, torch.arange(5, 37), 0.05
+    ours, hand = copy.deepcopy(standard_model), copy.deepcopy(standard_model)
+    opt = torch.optim.SGD(ours.parameters(), lr=lr)
+
+    def update(loss):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    ctx = RecipeContext(eps=eps, generator=torch.Generator().manual_seed(4), index=index, train_size=40,
+                        update=update)
+    out = RECIPES.get("atta_free")(ours, x, y, ctx)
+    assert out.updated
+
+    def sign_step(d, g):
+        d = (d + ATTA_STEP * eps * g.sign()).clamp(-eps, eps)
+        return (x + d).clamp(0, 1) - x
+
+    start = (torch.rand(x.shape, generator=torch.Generator().manual_seed(4)) * 2 - 1) * eps
+    start = (x + start).clamp(0, 1) - x
+    d = start.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(nn.functional.cross_entropy(hand(x + d), y), d)
+    d1 = sign_step(start, g)
+    x1 = (x + d1).detach().requires_grad_(True)
+    loss = nn.functional.cross_entropy(hand(x1), y)
+    params = list(hand.parameters())
+    *param_grads, g1 = torch.autograd.grad(loss, params + [x1])
+    with torch.no_grad():
+        for p, gp in zip(params, param_grads):
+            p -= lr * gp
+    d2 = sign_step(d1, g1)
+
+    stored = ctx.state["atta_delta"]
+    assert torch.allclose(stored[index], d2, atol=1e-6)
+    assert not torch.allclose(d2, d1)  # the second step moved it
+    assert stored[:5].abs().max() == 0 and stored[37:].abs().max() == 0
+    assert stored.abs().max() <= eps + 1e-6 and (x + stored[index]).min() >= 0 and (x + stored[index]).max() <= 1
+    for (name, a), b in zip(ours.state_dict().items(), hand.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("recipe", ["atta", "atta_free"])
+def test_atta_refuses_what_would_misalign_or_lose_its_memory(recipe, standard_model, test_batch):
+    x, y = test_batch
+    ctx = RecipeContext(eps=0.1, update=lambda loss: None)
     with pytest.raises(ToughenUsageError, match="dataset indices"):
-        RECIPES.get("atta")(standard_model, x[:8], y[:8], RecipeContext(eps=0.1))
+        RECIPES.get(recipe)(standard_model, x[:8], y[:8], ctx)
     with pytest.raises(ToughenUsageError, match="misalign"):
-        TrainConfig(data="digits", recipe="atta", crop_pad=2).validate()
+        TrainConfig(data="digits", recipe=recipe, crop_pad=2).validate()

@@ -52,7 +52,7 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, help="Directory of the dataset's files (mnist, cifar10)."),
     model: Optional[str] = typer.Option(None, help="Model: small_cnn (default), mlp, preact_resnet18, wide_resnet."),
     recipe: Optional[str] = typer.Option(None, help="Recipe: pgd (default), trades, mart, mix, fgsm, fgsm_rs, nfgsm, "
-                                         "gradalign, free, atta, augment, standard (see docs/training.md)."),
+                                         "gradalign, free, atta, atta_free, augment, standard (see docs/training.md)."),
     eps: Optional[str] = typer.Option(None, help="Threat-model radius in data units, e.g. 0.3 or 8/255."),
     norm: Optional[str] = typer.Option(None, help="linf (default) or l2."),
     epochs: Optional[int] = typer.Option(None),

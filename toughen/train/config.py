@@ -110,9 +110,11 @@ class TrainConfig:
             raise ToughenUsageError(f"flip is true or false, got {self.flip!r}")
         if not isinstance(self.data_options, dict):
             raise ToughenUsageError(f"data_options is a mapping of the dataset's options, got {self.data_options!r}")
-        if self.recipe == "atta" and (self.crop_pad or self.flip):
+        from toughen.train.single_step import PER_EXAMPLE
+
+        if self.recipe in PER_EXAMPLE and (self.crop_pad or self.flip):
             raise ToughenUsageError(
-                "the atta recipe keeps each training image's perturbation between epochs, which random crops "
+                f"the {self.recipe} recipe keeps each training image's perturbation between epochs, which random crops "
                 "and flips would misalign: drop --crop-pad/--flip, or use fgsm_rs or nfgsm"
             )
         if self.eval_n is not None and self.eval_n < 1:
