@@ -129,7 +129,8 @@ PER_EXAMPLE = ("atta", "atta_free")
 
 def _stored_start(x: torch.Tensor, ctx: RecipeContext, recipe: str):
     """The batch's stored perturbations (a uniform random point in the ball for an example not
-    seen before, as FGSM-RS starts), inside the current ball and the bounds; and the store."""
+    seen before, as FGSM-RS starts), inside the current ball and the bounds. Creates the store
+    in ``ctx.state`` (one perturbation and a seen flag per training example) on first use."""
     index, size = require_index(ctx, recipe)
     store, seen = ctx.state.get("atta_delta"), ctx.state.get("atta_seen")
     if store is None or store.shape != (size, *x.shape[1:]):
@@ -187,7 +188,7 @@ def atta_free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     training on it, one from the training backward) for the price of ATTA-1, one extra gradient
     computation per batch. A combination of the two papers, not a recipe from either; on mnist5k
     it scored -0.3 to +2.6 points of PGD-50 accuracy against atta at four seeds (+1.6 on average)
-    for about 5% more time (docs/benchmarks.md).
+    for 5-8% more time (docs/benchmarks.md).
 
     The second step's gradient is of the model before this batch's optimizer step, as the first's
     is; it carries over to the next epoch, as ATTA's does. Takes its optimizer step itself
