@@ -5,6 +5,7 @@ accounting counts what each recipe does."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from toughen.attacks import Attack
 from toughen.errors import ToughenUsageError
 from toughen.evaluation import attack_correct
 from toughen.models import build_model
+from toughen.runs import read_jsonl
 from toughen.train import TrainConfig, fit, list_recipes
 from toughen.train.cost import PassCounter
 from toughen.data.augment import random_crop
@@ -289,3 +291,49 @@ def test_atta_refuses_what_would_misalign_or_lose_its_memory(recipe, standard_mo
         RECIPES.get(recipe)(standard_model, x[:8], y[:8], ctx)
     with pytest.raises(ToughenUsageError, match="misalign"):
         TrainConfig(data="digits", recipe=recipe, crop_pad=2).validate()
+    # as the guard's fallback too: a collapse would switch a flipping run to it
+    with pytest.raises(ToughenUsageError, match="fallback.*misalign"):
+        TrainConfig(data="digits", recipe="fgsm", guard_fallback=recipe, flip=True).validate()
+
+
+def test_atta_free_without_update_is_a_usage_error(standard_model, test_batch):
+    x, y = test_batch
+    ctx = RecipeContext(eps=0.1, index=torch.arange(8), train_size=8)
+    with pytest.raises(ToughenUsageError, match="own optimizer steps"):
+        RECIPES.get("atta_free")(standard_model, x[:8], y[:8], ctx)
+
+
+def test_atta_free_in_the_loop_with_bf16_channels_last_and_clipping(digits, tmp_path):
+    """Through the real loop's update (autocast, channels-last, gradient clipping): every
+    training example gets a stored perturbation inside the ball and the bounds, and training
+    stays finite."""
+    from toughen.train.checkpoint import load_checkpoint
+    from toughen.train import train
+
+    cfg = TrainConfig(data="digits", recipe="atta_free", eps=0.1, epochs=1, batch_size=64, amp="bf16",
+                      channels_last=True, grad_clip=1.0, eval_steps=0, val_attack_steps=1)
+    summary = train(cfg, tmp_path / "run", progress=False)
+    state = load_checkpoint(tmp_path / "run")["recipe_state"]
+    x = digits.x_train
+    assert state["atta_seen"].all() and state["atta_delta"].shape == x.shape
+    delta = state["atta_delta"]
+    assert delta.abs().max() <= 0.1 + 1e-6 and (x + delta).min() >= -1e-6 and (x + delta).max() <= 1 + 1e-6
+    # Sign steps of 0.05 from a uniform start put coordinates on the ball's edge (a random start
+    # alone puts none there): 48% with atta_free's two steps a visit, 19% with atta's one.
+    assert ((delta.abs() - 0.1).abs() < 1e-6).float().mean() > 0.35
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(rows) == 1 and math.isfinite(rows[0]["loss"]) and summary["recipe"] == "atta_free"
+
+
+def test_per_example_recipes_refuse_torchrun(digits):
+    """Under torchrun an example moves between processes from epoch to epoch, and each process
+    keeps only the perturbations it made: refused, for the recipe and for the guard's fallback."""
+
+    class Distributed:  # all that fit() asks of a distributed context before it refuses
+        enabled = True
+
+    model = build_model("small_cnn", digits.input_shape, digits.num_classes, digits.mean, digits.std)
+    for cfg in (TrainConfig(data="digits", recipe="atta_free"),
+                TrainConfig(data="digits", recipe="fgsm", guard_fallback="atta")):
+        with pytest.raises(ToughenUsageError, match="in one process"):
+            fit(model, digits, cfg, progress=False, dist=Distributed())

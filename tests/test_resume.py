@@ -146,8 +146,8 @@ class _Stop(Exception):
 
 @pytest.mark.parametrize("recipe", ["atta", "atta_free"])
 def test_atta_resumes_its_stored_perturbations_exactly(tmp_path, recipe):
-    """atta's memory (one perturbation per training image) is in the checkpoint: a run stopped
-    after an epoch and resumed ends with the weights of one never stopped."""
+    """atta's and atta_free's memory (one perturbation per training image) is in the checkpoint:
+    a run stopped after an epoch and resumed ends with the weights of one never stopped."""
     cfg = TrainConfig(data="digits", recipe=recipe, eps=0.1, epochs=3, batch_size=64, eval_steps=0,
                       val_attack_steps=1, seed=1)
     train(cfg, tmp_path / "whole", progress=False)

@@ -110,16 +110,25 @@ class TrainConfig:
             raise ToughenUsageError(f"flip is true or false, got {self.flip!r}")
         if not isinstance(self.data_options, dict):
             raise ToughenUsageError(f"data_options is a mapping of the dataset's options, got {self.data_options!r}")
-        from toughen.train.single_step import PER_EXAMPLE
-
-        if self.recipe in PER_EXAMPLE and (self.crop_pad or self.flip):
+        per_example = self.per_example_recipe()
+        if per_example is not None and (self.crop_pad or self.flip):
+            which = per_example if per_example == self.recipe else f"{per_example} (the guard's fallback)"
             raise ToughenUsageError(
-                f"the {self.recipe} recipe keeps each training image's perturbation between epochs, which random crops "
-                "and flips would misalign: drop --crop-pad/--flip, or use fgsm_rs or nfgsm"
+                f"the {which} recipe keeps each training image's perturbation between epochs, which random "
+                "crops and flips would misalign: drop --crop-pad/--flip, or use fgsm_rs or nfgsm"
             )
         if self.eval_n is not None and self.eval_n < 1:
             raise ToughenUsageError(f"eval_n must be >= 1, got {self.eval_n}")
         return self
+
+    def per_example_recipe(self) -> str | None:
+        """The recipe of this run, or the guard's fallback, that remembers each training example
+        between epochs (atta, atta_free), if any: it cannot take crops, flips or torchrun."""
+        from toughen.train.single_step import PER_EXAMPLE, SINGLE_STEP
+
+        guarded = self.guard and self.recipe in SINGLE_STEP  # the guard's condition (train/guard.py)
+        candidates = [self.recipe] + ([self.guard_fallback] if guarded else [])
+        return next((r for r in candidates if r in PER_EXAMPLE), None)
 
     def _validate_new_fields(self) -> None:
         from toughen.train.recipes import RECIPES

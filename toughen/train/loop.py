@@ -34,7 +34,6 @@ from toughen.train.distributed import SINGLE, Dist
 from toughen.train.guard import PGD2, Guard
 from toughen.train.recipes import RECIPES, RecipeContext
 from toughen.train.schedules import eps_at, lr_factor
-from toughen.train.single_step import PER_EXAMPLE
 
 # Fields of a metrics row that measure time, not training: they differ between identical runs.
 TIMING_FIELDS = ("seconds", "guard_seconds", "val_seconds")
@@ -107,9 +106,9 @@ def fit(
     the same arguments: each trains on its shard of every global batch through DDP, the metrics
     are the whole job's, and only rank 0 writes files or calls ``on_epoch``.
     """
-    if dist.enabled and cfg.recipe in PER_EXAMPLE:
+    if dist.enabled and cfg.per_example_recipe() is not None:
         raise ToughenUsageError(
-            f"the {cfg.recipe} recipe keeps each example's perturbation in the process that attacked it, and under "
+            f"the {cfg.per_example_recipe()} recipe keeps each example's perturbation in the process that attacked it, and under "
             "torchrun an example moves between processes from one epoch to the next: train it in one process"
         )
     device = next(model.parameters()).device

@@ -9,10 +9,11 @@ any training loop::
 
 The loop in :mod:`toughen.train.loop` sets the model's mode; recipes never change it.
 
-A recipe returns the loss and the loop takes the optimizer step, except for a recipe such as
-``free`` that takes several steps per batch: it calls ``ctx.update(loss)`` (backward, clip,
+A recipe returns the loss and the loop takes the optimizer step, except for a recipe that
+needs what happens around it (``free`` takes several steps per batch, ``atta_free`` reads the
+input's gradient from the training backward): it calls ``ctx.update(loss)`` (backward, clip,
 optimizer step; the loop supplies it) itself and returns ``StepOutput(..., updated=True)``.
-The single-step recipes (fgsm, fgsm_rs, nfgsm, gradalign, free, atta) live in
+The single-step recipes (fgsm, fgsm_rs, nfgsm, gradalign, free, atta, atta_free) live in
 :mod:`toughen.train.single_step`.
 """
 
@@ -49,12 +50,12 @@ class RecipeContext:
     augment_crop: bool = True  # augment
     augment_flip: bool = False  # augment
     generator: torch.Generator | None = None
-    # Backward + optimizer step for recipes that take several steps per batch (free).
+    # Backward + optimizer step, for recipes that take their own (free, atta_free).
     update: Callable[[torch.Tensor], None] | None = None
     # What a recipe carries from one batch to the next (free's perturbation); checkpointed.
     state: dict[str, Any] = field(default_factory=dict)
     # Which training examples the batch's rows are (their dataset indices) and how many there are,
-    # for a recipe that remembers each example from one epoch to the next (atta).
+    # for a recipe that remembers each example from one epoch to the next (atta, atta_free).
     index: torch.Tensor | None = None
     train_size: int | None = None
 
