@@ -57,9 +57,14 @@ def check_eps(eps: float, norm: str = "linf", bounds: Bounds = (0.0, 1.0), dim: 
     return float(eps)
 
 
+def per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One value per example (shape (N,)) shaped to broadcast against the batch ``like``."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
     """L2 norm of each example, shaped to broadcast against t."""
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+    return per_example(t.flatten(1).norm(dim=1), t)
 
 
 def clamp_to_bounds(x: torch.Tensor, delta: torch.Tensor, bounds: Bounds) -> torch.Tensor:
@@ -90,7 +95,7 @@ def random_start(
         d = x[0].numel()
         u = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
         radius = eps * u.pow(1.0 / d)
-        delta = direction * radius.view(-1, *([1] * (x.dim() - 1)))
+        delta = direction * per_example(radius, x)
     return clamp_to_bounds(x, delta, bounds)
 
 

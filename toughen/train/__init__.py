@@ -185,7 +185,7 @@ def _cost(history: list[dict], n_train: int) -> dict[str, Any]:
 def _guard_summary(cfg: TrainConfig, history: list[dict]) -> dict[str, Any]:
     events = [e for r in history for e in r["guard_events"]]
     return {
-        "active": cfg.guard and cfg.recipe in SINGLE_STEP,
+        "active": cfg.guarded(),
         "events": events,
         "final_recipe": history[-1]["recipe"],
     }

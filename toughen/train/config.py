@@ -121,13 +121,19 @@ class TrainConfig:
             raise ToughenUsageError(f"eval_n must be >= 1, got {self.eval_n}")
         return self
 
+    def guarded(self) -> bool:
+        """Whether the catastrophic-overfitting guard watches this run: it is on and the recipe
+        is a single-step one."""
+        from toughen.train.single_step import SINGLE_STEP
+
+        return self.guard and self.recipe in SINGLE_STEP
+
     def per_example_recipe(self) -> str | None:
         """The recipe of this run, or the guard's fallback, that remembers each training example
         between epochs (atta, atta_free), if any: it cannot take crops, flips or torchrun."""
-        from toughen.train.single_step import PER_EXAMPLE, SINGLE_STEP
+        from toughen.train.single_step import PER_EXAMPLE
 
-        guarded = self.guard and self.recipe in SINGLE_STEP  # the guard's condition (train/guard.py)
-        candidates = [self.recipe] + ([self.guard_fallback] if guarded else [])
+        candidates = [self.recipe] + ([self.guard_fallback] if self.guarded() else [])
         return next((r for r in candidates if r in PER_EXAMPLE), None)
 
     def _validate_new_fields(self) -> None:

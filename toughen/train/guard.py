@@ -25,7 +25,6 @@ from torch import nn
 from toughen.attacks import Attack
 from toughen.evaluation import attack_correct
 from toughen.train.config import TrainConfig
-from toughen.train.single_step import SINGLE_STEP
 
 # Below this best probe accuracy a "drop to half" is within the noise of a 128-example probe
 # (and early in training, or during an eps warm-up, the best is still rising from 0).
@@ -42,7 +41,7 @@ class Guard:
 
     def __init__(self, cfg: TrainConfig, x_val: torch.Tensor, y_val: torch.Tensor):
         self.cfg = cfg
-        self.active = cfg.guard and cfg.recipe in SINGLE_STEP
+        self.active = cfg.guarded()
         self.x, self.y = x_val[: cfg.guard_n], y_val[: cfg.guard_n]
         self.recipe = cfg.recipe  # the recipe now in use; changes on a collapse
         self.best = 0.0

@@ -106,10 +106,11 @@ def fit(
     the same arguments: each trains on its shard of every global batch through DDP, the metrics
     are the whole job's, and only rank 0 writes files or calls ``on_epoch``.
     """
-    if dist.enabled and cfg.per_example_recipe() is not None:
+    per_example = cfg.per_example_recipe()
+    if dist.enabled and per_example is not None:
         raise ToughenUsageError(
-            f"the {cfg.per_example_recipe()} recipe keeps each example's perturbation in the process that attacked it, and under "
-            "torchrun an example moves between processes from one epoch to the next: train it in one process"
+            f"the {per_example} recipe keeps each example's perturbation in the process that attacked it, and "
+            "under torchrun an example moves between processes from one epoch to the next: train it in one process"
         )
     device = next(model.parameters()).device
     if run_dir is not None and metrics_path is None:

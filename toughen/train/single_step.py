@@ -127,11 +127,12 @@ ATTA_STEP = 0.5
 PER_EXAMPLE = ("atta", "atta_free")
 
 
-def _stored_start(x: torch.Tensor, ctx: RecipeContext, recipe: str):
+def _stored_start(x: torch.Tensor, ctx: RecipeContext) -> torch.Tensor:
     """The batch's stored perturbations (a uniform random point in the ball for an example not
     seen before, as FGSM-RS starts), inside the current ball and the bounds. Creates the store
-    in ``ctx.state`` (one perturbation and a seen flag per training example) on first use."""
-    index, size = require_index(ctx, recipe)
+    in ``ctx.state`` (one perturbation and a seen flag per training example) on first use. The
+    caller has checked ``ctx.index`` and ``ctx.train_size`` (require_index)."""
+    index, size = ctx.index, ctx.train_size
     store, seen = ctx.state.get("atta_delta"), ctx.state.get("atta_seen")
     if store is None or store.shape != (size, *x.shape[1:]):
         store = torch.zeros((size, *x.shape[1:]), dtype=x.dtype, device=x.device)
@@ -140,7 +141,7 @@ def _stored_start(x: torch.Tensor, ctx: RecipeContext, recipe: str):
     fresh = ~seen[index]
     if fresh.any():
         noise = threat.random_start(x, ctx.eps, ctx.norm, ctx.bounds, ctx.generator)
-        start = torch.where(fresh.view(-1, *([1] * (x.dim() - 1))), noise, start)
+        start = torch.where(threat.per_example(fresh, x), noise, start)
     # With the loop's warm-up eps only grows and this is a no-op; a loop that lowers eps gets its
     # stored points back inside the smaller ball.
     start = threat.clamp_to_bounds(x, threat.project(start, ctx.eps, ctx.norm), ctx.bounds)
@@ -173,7 +174,7 @@ def atta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
     require_index(ctx, "atta")
     if ctx.eps == 0:
         return _train_on(model, x, y)
-    start = _stored_start(x, ctx, "atta")
+    start = _stored_start(x, ctx)
     delta = _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
     _remember(ctx, delta)
     return _train_on(model, (x + delta).detach(), y)
@@ -197,7 +198,7 @@ def atta_free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     require_index(ctx, "atta_free")
     if ctx.eps == 0:
         return _train_on(model, x, y)
-    start = _stored_start(x, ctx, "atta_free")
+    start = _stored_start(x, ctx)
     delta = _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
     x_adv = (x + delta).detach().requires_grad_(True)
     logits = model(x_adv)
@@ -206,7 +207,7 @@ def atta_free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     # An fp16 loss scale that overflowed (the scaler then skips the optimizer step) leaves inf or
     # NaN here: those examples keep delta (no second step) rather than a poisoned memory.
     grad = x_adv.grad
-    finite = torch.isfinite(grad).flatten(1).all(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    finite = threat.per_example(torch.isfinite(grad).flatten(1).all(dim=1), x)
     stepped = _atta_step(x, delta, torch.where(finite, grad, torch.zeros_like(grad)), ctx)
     _remember(ctx, torch.where(finite, stepped, delta))
     return StepOutput(loss.detach(), adv_logits=logits.detach(), updated=True)
