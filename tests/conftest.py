@@ -38,8 +38,9 @@ def digits():
 def _trained(splits, recipe: str, epochs: int, eps: float = 0.1, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model("small_cnn", splits.input_shape, splits.num_classes, splits.mean, splits.std)
+    # fp32 and NCHW, not "auto": the models the attack tests share are the same on every CPU
     cfg = TrainConfig(data="digits", recipe=recipe, eps=eps, epochs=epochs, steps=5, lr=2e-3, seed=seed,
-                      val_attack_steps=1)
+                      val_attack_steps=1, amp=None, channels_last=False)
     fit(model, splits, cfg, progress=False)
     return model.eval()
 

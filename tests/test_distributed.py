@@ -21,7 +21,8 @@ from toughen.train.distributed import SINGLE, Dist, from_env
 # PGD training on digits: small enough that most of each torchrun launch is process start-up.
 # A constant lr makes epoch 1 of a 1-epoch run the same as epoch 1 of a 2-epoch run (the resume test).
 CFG = dict(data="digits", model="small_cnn", recipe="pgd", eps=0.1, steps=2, epochs=2, batch_size=64, lr=2e-3,
-           lr_schedule="constant", val_attack_steps=2, eval_steps=3, seed=0)
+           lr_schedule="constant", val_attack_steps=2, eval_steps=3, seed=0,
+           amp=None, channels_last=False)  # not "auto": the two runs would each time their own
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # Same global batches and gradients; what differs is each rank's own attack random starts (and
 # the order of floating-point sums), so the two runs drift apart a little within two epochs.

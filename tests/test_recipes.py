@@ -21,8 +21,9 @@ from toughen.train.cost import PassCounter
 from toughen.data.augment import random_crop
 from toughen.train.recipes import RECIPES, RecipeContext
 
+# fp32 and NCHW, not "auto": no CPU's bf16 rounding (nor its choice of layout) decides the thresholds below
 BUDGET = dict(data="digits", epochs=4, steps=3, lr=2e-3, batch_size=64, seed=0, val_attack_steps=1,
-              free_replays=2, guard=False)
+              free_replays=2, guard=False, amp=None, channels_last=False)
 # Per recipe: what differs from the shared budget. The augmentation baseline has no attack, so
 # it is held to a larger eps where the standard model's accuracy is near 0, with noise only
 # (1-pixel shifts of 8x8 digits cost it too much clean accuracy in 4 epochs).
@@ -180,7 +181,7 @@ def test_pgd_training_is_madrys_loop_written_by_hand(digits):
     ours, hand = models
     fit(ours, digits, TrainConfig(data="digits", recipe="pgd", eps=eps, steps=steps, step_size=alpha, epochs=1,
                                   batch_size=64, lr=1e-3, lr_schedule="constant", seed=seed, val_attack_steps=1,
-                                  select="last"), progress=False)
+                                  select="last", amp=None, channels_last=False), progress=False)
     opt = torch.optim.Adam(hand.parameters(), lr=1e-3)
     shuffle, starts = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     order = torch.randperm(len(digits.x_train), generator=shuffle)

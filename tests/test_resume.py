@@ -23,7 +23,9 @@ from toughen.train.recipes import RECIPES, StepOutput
 # checkpoint must restore both, besides the model, optimizer and every generator.
 ARGS = ["--data", "digits", "--recipe", "free", "--eps", "0.1", "--epochs", "5", "--batch-size", "32",
         "--free-replays", "2", "--steps", "2", "--guard-every", "10", "--eval-steps", "3", "--seed", "3",
-        "--lr-schedule", "cosine", "--json"]
+        "--lr-schedule", "cosine", "--json", "--amp", "fp32", "--channels-last"]
+# (precision given, not "auto": the two runs are separate processes, and each would time its own;
+# that a resumed run keeps its recorded choice is tested below)
 SUMMARY_TIMING = ("train_seconds", "step_seconds", "guard_seconds", "val_seconds", "wall_seconds_this_process",
                   "resumed")
 
@@ -163,3 +165,29 @@ def test_atta_resumes_its_stored_perturbations_exactly(tmp_path, recipe):
     whole = load_file(tmp_path / "whole" / "model_last.safetensors")
     resumed = load_file(tmp_path / "stopped" / "model_last.safetensors")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path):
+    """"auto" is settled once and recorded in config.yaml; a resumed run reads the record instead
+    of timing again (a new probe could choose otherwise, and the run would not end as one
+    never interrupted)."""
+    import yaml
+
+    cfg = TrainConfig(data="digits", recipe="standard", epochs=2, eval_steps=0, val_attack_steps=1)
+    assert (cfg.amp, cfg.channels_last) == ("auto", "auto")
+
+    def stop_after_first(row):
+        raise _Stop
+
+    run = tmp_path / "run"
+    with pytest.raises(_Stop):
+        train(cfg, run, progress=False, on_epoch=stop_after_first)
+    doc = yaml.safe_load((run / "config.yaml").read_text())
+    recorded = doc["precision"]
+    assert recorded["chosen_by"] == "measured" and recorded["label"] in recorded["timings_ms"]
+    # A record the probe would not produce here (fp32 wins no probe by 10x), to see which one is used.
+    doc["precision"] = {**recorded, "amp": None, "channels_last": False, "label": "fp32",
+                        "timings_ms": {"fp32": 1.0, "fp32 channels-last": 10.0}}
+    (run / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    summary = train(cfg, run, progress=False, resume=True)
+    assert summary["precision"] == doc["precision"]

@@ -80,8 +80,10 @@ def train(
     val_size: Optional[float] = typer.Option(None, help="Validation examples: a count, or a fraction < 1."),
     eval_steps: Optional[int] = typer.Option(None, help="PGD steps for the test robust accuracy."),
     seed: Optional[int] = typer.Option(None),
-    amp: Optional[str] = typer.Option(None, help="Mixed precision for training: bf16 or fp16."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last", help="NHWC memory format (faster on CPU)."),
+    amp: Optional[str] = typer.Option(None, help="Precision of the training step: auto (default: the faster of fp32 "
+                                      "and bf16, timed on the first batch), fp32, bf16 or fp16."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
+                                                 help="NHWC memory format; default: the faster, timed on the first batch."),
     crop_pad: Optional[int] = typer.Option(None, help="Random crops of every training batch, padded by N pixels "
                                            "(on the device; 4 for CIFAR-10)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Horizontal flips of half of every "
@@ -111,13 +113,17 @@ def train(
         step_size=_parse_number(step_size, "--step-size") if step_size is not None else None,
         lam=lam, batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
         eps_warmup=eps_warmup, weight_decay=weight_decay, val_size=val_size, eval_steps=eval_steps, seed=seed,
-        amp=amp, channels_last=channels_last, beta=beta, free_replays=free_replays,
+        channels_last=channels_last, beta=beta, free_replays=free_replays,
         gradalign_lambda=gradalign_lambda,
         noise_std=_parse_number(noise_std, "--noise-std") if noise_std is not None else None,
         grad_clip=grad_clip, select=select, patience=patience, guard=guard, guard_every=guard_every,
         guard_fallback=guard_fallback, crop_pad=crop_pad, flip=flip, compile=compile_model,
     )
     values.update({k: v for k, v in flags.items() if v is not None})
+    if amp is not None:
+        from toughen.precision import parse_amp
+
+        values["amp"] = parse_amp(amp)  # fp32 is None, so it cannot ride with the flags above
     if resize is not None:
         values["data_options"] = {**values.get("data_options", {}), "resize": resize}
     if resume is not None:
@@ -205,8 +211,9 @@ def eval_(
                                         "(see docs/evaluation.md). Replaces --attack."),
     eps_sweep: Optional[str] = typer.Option(None, help="Also a robustness curve: comma-separated eps values, "
                                             "e.g. 0.1,0.2,0.3 or 2/255,4/255,8/255."),
-    amp: Optional[str] = typer.Option(None, help="bf16 or fp16: attack passes under autocast (about 2x faster "
-                                      "where supported); who is fooled is still checked in fp32."),
+    amp: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16: the precision of the attack passes "
+                                      "(who is fooled is always checked in fp32). Default: auto with --suite (the "
+                                      "faster of fp32 and bf16 here, and of both memory layouts), else fp32."),
 ) -> None:
     """Evaluate a trained run on its test split: clean and robust accuracy under one attack, or the
     worst case over an attack suite (--suite), optionally over a list of eps (--eps-sweep)."""
@@ -225,9 +232,9 @@ def eval_(
         return
     if budget is not None:
         raise ToughenUsageError("--budget applies to text runs only; image attacks take --eps")
-    from toughen.precision import check_amp
+    from toughen.precision import parse_amp
 
-    check_amp(amp)
+    amp = parse_amp(amp) if amp is not None else ("auto" if suite is not None else None)
     if suite is not None or eps_sweep is not None:
         from toughen.evaluation.run_eval import evaluate_run_suite
 
@@ -370,10 +377,9 @@ def demo(
 
     runs = {
         "standard": TrainConfig(recipe="standard", epochs=5, eps=0.3, eval_steps=0),
-        # bf16 autocast and channels-last make PGD training about 2x faster on CPUs with bf16
-        # instructions; the evaluation below runs in fp32.
-        "pgd": TrainConfig(recipe="pgd", epochs=epochs, eps=0.3, steps=10, eps_warmup=1 / 3, eval_steps=0,
-                           amp="bf16", channels_last=True),
+        # Precision and layout are TrainConfig's "auto": bf16 where it is faster (CPUs with AMX:
+        # about 2x), fp32 channels-last where it is not. The evaluation below runs in fp32.
+        "pgd": TrainConfig(recipe="pgd", epochs=epochs, eps=0.3, steps=10, eps_warmup=1 / 3, eval_steps=0),
     }
     rows = []
     for name, cfg in runs.items():
@@ -383,7 +389,8 @@ def demo(
             result = _evaluate_run(out_dir / name, attack, None, None, options.get("steps", 20),
                                    str(options["step_size"]) if "step_size" in options else None, 1, "ce",
                                    None, 0, "cpu", progress=True)
-            rows.append({"recipe": name, "train_seconds": summary["train_seconds"], **result})
+            rows.append({"recipe": name, "train_seconds": summary["train_seconds"], **result,
+                         "precision": summary["precision"]})  # the training's; evaluation runs in fp32
     _print_table(f"demo: small_cnn on mnist5k, eps = 0.3 (L-inf), {rows[0]['n']} test digits", rows)
 
 
@@ -474,9 +481,11 @@ def sweep(
 # ----------------------------------------------------------------------------- output
 
 def _print_table(title: str, rows: list[dict]) -> None:
-    print_table(title, rows, ("run", "recipe", "lam", "beta", "attack", "robust_attack", "eps", "clean_accuracy",
-                              "robust_accuracy", "n", "n_test", "train_seconds", "seconds", "status"),
-                names=("run", "recipe", "attack", "status"), short=("eps", "lam", "beta"), missing="—")
+    # a summary's or an evaluation's precision record shows as its label: "bf16 channels-last"
+    rows = [{**r, "precision": r["precision"]["label"]} if isinstance(r.get("precision"), dict) else r for r in rows]
+    print_table(title, rows, ("run", "recipe", "lam", "beta", "attack", "robust_attack", "eps", "precision",
+                              "clean_accuracy", "robust_accuracy", "n", "n_test", "train_seconds", "seconds", "status"),
+                names=("run", "recipe", "attack", "status", "precision"), short=("eps", "lam", "beta"), missing="—")
 
 
 def main() -> None:

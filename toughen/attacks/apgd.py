@@ -25,7 +25,7 @@ from torch import nn
 from toughen import threat
 from toughen.attacks.pgd import _check_inputs
 from toughen.errors import ToughenUsageError
-from toughen.precision import autocast_for, check_amp, confirm_fooled
+from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
 
 APGD_LOSSES = ("ce", "dlr")
 
@@ -191,7 +191,7 @@ def apgd(
             each run on the examples still not fooled: AutoAttack's APGD-T (k = 9, loss "dlr").
             Success is still misclassification: the target only steers the search.
         rho: the fraction of loss-raising steps below which the step size is halved.
-        amp: "bf16" or "fp16": forward and backward passes under autocast (about 2x faster where
+        amp: "bf16", "fp16" or "auto" (the faster of fp32 and bf16 here, measured): forward and backward passes under autocast (about 2x faster where
             supported); an example counts as fooled only after a check in full precision
             (toughen.precision.confirm_fooled), so robust accuracy is never understated by rounding.
         generator: randomness for the random starts; the global generator when None.
@@ -215,6 +215,7 @@ def apgd(
     if n_target_classes < 0:
         raise ToughenUsageError(f"n_target_classes must be >= 0, got {n_target_classes}")
     check_amp(amp)
+    amp = resolve_amp(model, x, y, amp)  # "auto": the faster of fp32 and bf16 here
     loss_fn = _loss_fn(loss)
     x = x.detach()
     out = x.clone()

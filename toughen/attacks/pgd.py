@@ -8,7 +8,7 @@ from torch import nn
 from toughen import threat
 from toughen.attacks.losses import is_successful, objective
 from toughen.errors import ToughenUsageError
-from toughen.precision import autocast_for, check_amp, confirm_fooled
+from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
 
 
 class _WorstCase:
@@ -97,7 +97,9 @@ def pgd(
             returned). Robust accuracy is unchanged and evaluation is much cheaper; the loss of
             fooled examples is then not pushed higher.
         amp: "bf16" or "fp16" runs the forward and backward passes under autocast (about 2x faster
-            on CPUs with bf16 instructions and on GPUs); the perturbation stays in x's dtype, and
+            on CPUs with AMX and on GPUs), "auto" whichever of fp32 and bf16 a short probe finds
+            faster for this model here (:func:`toughen.precision.choose_precision`). The
+            perturbation stays in x's dtype, and
             an example is only counted as fooled (for early_stop and the final choice) after a
             check in full precision. Once confirmed, its fooling input is kept (not replaced by
             later, higher-loss iterates), so the check runs once per example, not every step.
@@ -116,6 +118,7 @@ def pgd(
     if restarts < 1:
         raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
     check_amp(amp)
+    amp = resolve_amp(model, x, y, amp)  # "auto": the faster of fp32 and bf16 here
     if step_size is None:
         step_size = 2.5 * eps / max(steps, 1)
     if step_size < 0:

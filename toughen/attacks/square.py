@@ -20,7 +20,7 @@ from torch import nn
 from toughen import threat
 from toughen.attacks.pgd import _check_inputs
 from toughen.errors import ToughenUsageError
-from toughen.precision import autocast_for, check_amp, confirm_fooled
+from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
 
 SQUARE_LOSSES = ("margin", "ce")
 
@@ -114,7 +114,7 @@ def square(
         p_init: the initial fraction of pixels a window covers (0.8 for L-inf in AutoAttack).
         restarts: independent runs, each on the examples not yet fooled.
         loss: "margin" (default) or "ce": the quantity each accepted change must lower.
-        amp: "bf16" or "fp16": queries run under autocast; an input counts as fooling only
+        amp: "bf16", "fp16" or "auto" (the faster of fp32 and bf16 here, measured): queries run under autocast; an input counts as fooling only
             after a check in full precision (toughen.precision.confirm_fooled).
         generator: randomness for the initialization, windows and signs.
 
@@ -136,6 +136,7 @@ def square(
     if restarts < 1:
         raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
     check_amp(amp)
+    amp = resolve_amp(model, x, y, amp)  # "auto": the faster of fp32 and bf16 here
     if loss not in SQUARE_LOSSES:
         raise ToughenUsageError(f"unknown square loss {loss!r}; choose one of: {', '.join(SQUARE_LOSSES)}")
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from toughen import threat
 from toughen.attacks import ATTACKS, Attack
 from toughen.errors import ToughenUsageError
-from toughen.precision import channels_last, check_amp
+from toughen.precision import Precision, channels_last, check_amp, choose_precision
 
 SUITES: dict[str, list[Attack]] = {
     "quick": [
@@ -163,7 +163,7 @@ def evaluate(
     progress: bool = False,
     state_file: str | Path | None = None,
     amp: str | None = None,
-    fast_layout: bool = True,
+    fast_layout: bool | str = "auto",
 ) -> dict[str, Any]:
     """Clean and worst-case robust accuracy of ``model`` on (x, y) under a suite of attacks.
 
@@ -177,21 +177,24 @@ def evaluate(
         amp: "bf16" or "fp16" runs the gradient and query passes of pgd, apgd and square under
             autocast (about 2x faster on CPUs with bf16 instructions and on GPUs). Who counts as
             fooled is still decided in full precision, so robust accuracy is never understated by
-            rounding; the attacks' search is slightly noisier.
+            rounding; the attacks' search is slightly noisier. "auto" times fp32 against bf16 on
+            the first batch and takes the faster (:func:`toughen.precision.choose_precision`).
         fast_layout: for image inputs (N, C, H, W), run the model in the channels-last memory
-            format during the evaluation (same arithmetic, faster kernels; restored afterwards).
+            format during the evaluation (same arithmetic, faster kernels on most CPUs and GPUs;
+            restored afterwards); "auto" (default) times both layouts on the first batch.
 
     Returns:
         a dict with ``clean_accuracy``, ``robust_accuracy``, ``suite``, ``per_attack`` (a list of
         ``{"attack", "robust_accuracy", "seconds"}``: the robust accuracy after each attack in
-        order), ``eps``, ``norm``, ``n``, ``seconds``, and ``robust``: the per-example bool mask.
+        order), ``eps``, ``norm``, ``n``, ``seconds``, ``amp`` and ``precision`` (what ran, and
+        for "auto" the probe's timings), and ``robust``: the per-example bool mask.
 
     Example:
         >>> r = toughen.evaluate(model, x, y, suite="quick", eps=0.3)
         >>> r["robust_accuracy"], [a["robust_accuracy"] for a in r["per_attack"]]
     """
     name, attacks = resolve_suite(suite)
-    attacks = with_amp(attacks, amp)
+    check_amp(amp)
     threat.check_eps(eps, norm, bounds)
     if len(x) != len(y) or len(x) == 0:
         raise ToughenUsageError(f"x and y must be non-empty and of the same length, got {len(x)} and {len(y)}")
@@ -210,7 +213,13 @@ def evaluate(
     per_attack: list[dict[str, Any]] = list(state.data.get("per_attack", []))
     if "robust" in state.data:
         robust = _unpack(state.data["robust"])
-    with channels_last(model, fast_layout and x.dim() == 4):
+    if "precision" in state.data:  # a resumed evaluation goes on as it started
+        precision = Precision.from_dict(state.data["precision"])
+    else:
+        precision = choose_precision(model, x[:batch_size].to(device), y[:batch_size].to(device), amp=amp,
+                                     channels_last=fast_layout if x.dim() == 4 else False)
+    attacks = with_amp(attacks, precision.amp)
+    with channels_last(model, precision.channels_last):
         for a_i, attack in enumerate(attacks):
             if a_i < len(per_attack):
                 continue  # finished before an interruption
@@ -231,10 +240,10 @@ def evaluate(
                 robust[idx] &= still  # an attack can only flip examples to not robust
                 seconds += time.perf_counter() - t0
                 state.save(per_attack=per_attack, robust=_pack(robust), attack=a_i, todo=_pack(todo),
-                           batches_done=b_i + 1, seconds=seconds)
+                           batches_done=b_i + 1, seconds=seconds, precision=precision.to_dict())
             per_attack.append({"attack": short_label(attack), "robust_accuracy": robust.float().mean().item(),
                                "seconds": seconds})
-            state.save(per_attack=per_attack, robust=_pack(robust))
+            state.save(per_attack=per_attack, robust=_pack(robust), precision=precision.to_dict())
     state.clear()
     return {
         "clean_accuracy": clean.float().mean().item(),
@@ -243,7 +252,8 @@ def evaluate(
         "per_attack": per_attack,
         "eps": eps,
         "norm": norm,
-        "amp": amp,
+        "amp": precision.amp,
+        "precision": precision.to_dict(),
         "n": len(x),
         "seconds": time.perf_counter() - start,
         "robust": robust,
@@ -274,6 +284,7 @@ def evaluate_loader(
     for b, (xb, yb) in enumerate(tqdm(loader, desc="batches", disable=not progress, leave=False)):
         r = evaluate(model, xb, yb, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=seed + 7919 * b,
                      batch_size=len(xb), amp=amp)
+        precision = r["precision"]  # chosen per batch; the same choice for batches of one shape
         n += r["n"]
         clean_hits += round(r["clean_accuracy"] * r["n"])
         masks.append(r["robust"])
@@ -289,7 +300,8 @@ def evaluate_loader(
         "suite": name,
         "per_attack": [{"attack": short_label(a), "robust_accuracy": after[i] / n, "seconds": seconds[i]}
                        for i, a in enumerate(attacks)],
-        "eps": eps, "norm": norm, "amp": amp, "n": n, "seconds": time.perf_counter() - start, "robust": robust,
+        "eps": eps, "norm": norm, "amp": precision["amp"], "precision": precision, "n": n,
+        "seconds": time.perf_counter() - start, "robust": robust,
     }
 
 

@@ -25,7 +25,10 @@ from toughen.errors import ToughenUsageError
 from toughen.runs import atomic_write_text, git_revision, prepare_run_dir, read_config, save_weights, write_json
 from toughen.train.config import TrainConfig
 from toughen.train.distributed import Dist, setup as setup_distributed
-from toughen.train.loop import TIMING_FIELDS, TrainingDiverged, check_device, fit
+from toughen.precision import Precision
+from toughen.train.loop import (
+    TIMING_FIELDS, TrainingDiverged, check_device, choose_training_precision, fit, with_precision,
+)
 from toughen.train.recipes import RECIPES, RecipeContext, StepOutput, list_recipes
 from toughen.train.single_step import SINGLE_STEP
 
@@ -62,8 +65,13 @@ def train(
         **cfg.model_options,
     ).to(dev)
 
+    # "auto" precision and layout are settled once, on the first batch, and recorded; a resumed
+    # run goes on with the choice it started with, so it ends as if never interrupted.
+    started = read_config(run_dir).get("precision") if resume else None
+    precision = Precision.from_dict(started) if started else choose_training_precision(model, splits, cfg, dist)
     config_doc = {
         "train": cfg.to_dict(),
+        "precision": precision.to_dict(),  # what ran: amp and layout, and for "auto" the probe's timings
         "data_info": {
             "input_shape": list(splits.input_shape),
             "num_classes": splits.num_classes,
@@ -84,8 +92,8 @@ def train(
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False))
 
     start = time.perf_counter()
-    history = fit(model, splits, cfg, run_dir=run_dir, resume=resume, progress=progress, on_epoch=on_epoch,
-                  dist=dist)
+    history = fit(model, splits, with_precision(cfg, precision), run_dir=run_dir, resume=resume, progress=progress,
+                  on_epoch=on_epoch, dist=dist)
     wall_seconds = time.perf_counter() - start
     if dist.is_main:
         save_weights(model, run_dir / "model.safetensors")  # the selected epoch's weights (cfg.select)
@@ -121,6 +129,7 @@ def train(
         **_selection(cfg, history),
         **_cost(history, len(splits.x_train)),
         "guard": _guard_summary(cfg, history),
+        "precision": precision.to_dict(),
         "resumed": resume,
         "world_size": dist.world_size,
         "wall_seconds_this_process": wall_seconds,

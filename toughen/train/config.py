@@ -48,8 +48,11 @@ class TrainConfig:
     crop_pad: int = 0  # every recipe: random crops of each training image padded by this many pixels, on the device
     flip: bool = False  # every recipe: horizontal flips of half the training images, on the device
     seed: int = 0
-    amp: str | None = None  # "bf16" or "fp16" autocast for the training step (attack included)
-    channels_last: bool = False  # NHWC memory format: faster convolutions on CPUs and tensor cores
+    # "auto" (the faster of fp32 and bf16, timed on the first batch; bf16 on CUDA), None (fp32),
+    # "bf16" or "fp16": autocast for the training step, its attack included
+    amp: str | None = "auto"
+    # NHWC memory format (True), NCHW (False), or "auto": the faster on the first batch
+    channels_last: bool | str = "auto"
     compile: bool = False  # torch.compile the model of the training step (recipe and attack); pays off on GPUs
     grad_clip: float | None = None  # max global L2 norm of the gradient
     # model selection and early stopping, on the validation split's robust accuracy
@@ -99,8 +102,10 @@ class TrainConfig:
             raise ToughenUsageError(
                 f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
             )
-        if self.amp not in (None, "bf16", "fp16"):
-            raise ToughenUsageError(f"unknown amp {self.amp!r}; choose bf16 or fp16 (or leave it off)")
+        if self.amp not in (None, "auto", "bf16", "fp16"):
+            raise ToughenUsageError(f"unknown amp {self.amp!r}; choose auto, bf16 or fp16 (or null for fp32)")
+        if self.channels_last not in (True, False, "auto"):
+            raise ToughenUsageError(f"channels_last is true, false or auto, got {self.channels_last!r}")
         self._validate_new_fields()
         if not isinstance(self.crop_pad, int) or isinstance(self.crop_pad, bool) or self.crop_pad < 0:
             raise ToughenUsageError(f"crop_pad is a whole number of pixels >= 0, got {self.crop_pad!r}")

@@ -10,6 +10,7 @@ model selection, cost accounting and checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -25,7 +26,7 @@ from toughen.data import Splits
 from toughen.data.augment import crop_flip
 from toughen.errors import ToughenUsageError
 from toughen.evaluation import attack_correct, clean_correct
-from toughen.precision import autocast_for
+from toughen.precision import AUTO, Precision, autocast_for, choose_precision
 from toughen.runs import append_jsonl, atomic_write_text, save_weights
 from toughen.train.checkpoint import CHECKPOINT, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from toughen.train.config import TrainConfig
@@ -56,6 +57,23 @@ def autocast(cfg: TrainConfig, device: torch.device):
     """bf16 or fp16 autocast for the recipe's forward passes (its attack included); a no-op
     when amp is off. The validation, the guard's probe and the final evaluation run in fp32."""
     return autocast_for(device, cfg.amp)
+
+
+def choose_training_precision(model: nn.Module, splits: Splits, cfg: TrainConfig, dist: Dist = SINGLE) -> Precision:
+    """``cfg``'s amp and channels_last, with "auto" settled by timing training passes (gradients
+    of the parameters and the input) on the first ``batch_size`` training examples. Rank 0
+    measures and every rank takes its choice: the ranks of one job must compute alike."""
+    choice = None
+    if dist.is_main:
+        device = next(model.parameters()).device
+        x, y = splits.x_train[:cfg.batch_size].to(device), splits.y_train[:cfg.batch_size].to(device)
+        choice = choose_precision(model, x, y, amp=cfg.amp, channels_last=cfg.channels_last, parameters=True).to_dict()
+    return Precision.from_dict(dist.broadcast(choice))
+
+
+def with_precision(cfg: TrainConfig, precision: Precision) -> TrainConfig:
+    """``cfg`` with amp and channels_last as ``precision`` settled them."""
+    return dataclasses.replace(cfg, amp=precision.amp, channels_last=precision.channels_last)
 
 
 def validate(model: nn.Module, splits: Splits, cfg: TrainConfig, generator: torch.Generator,
@@ -113,6 +131,8 @@ def fit(
             "under torchrun an example moves between processes from one epoch to the next: train it in one process"
         )
     device = next(model.parameters()).device
+    if AUTO in (cfg.amp, cfg.channels_last):  # train() settles and records these; a direct caller gets them here
+        cfg = with_precision(cfg, choose_training_precision(model, splits, cfg, dist))
     if run_dir is not None and metrics_path is None:
         metrics_path = Path(run_dir) / "metrics.jsonl"
     optimizer = make_optimizer(model, cfg)
