@@ -11,6 +11,9 @@ model, one uniform random start in the eps-ball, step size 2.5 * eps / steps:
 - ``toughen fp32``: ``toughen.attacks.pgd`` with its defaults (keep_best: the worst iterate per
   example, one extra forward pass at the end).
 - ``toughen fp32 last``: ``keep_best=False``, the last iterate, like the bare loop and the peers.
+- ``toughen auto``: ``amp="auto"`` on the memory layout ``toughen.precision.choose_precision``
+  picks for this model and batch: what ``toughen eval --suite`` and training run by default. The
+  choice and its probe's timings are stored in each cell.
 - ``toughen bf16+CL`` and ``toughen bf16+CL last``: ``amp="bf16"`` on a channels-last model
   (keep_best confirms each fooled example in fp32; "last" returns the last iterate unchecked).
 - ``torchattacks``: ``torchattacks.PGD`` / ``PGDL2``.
@@ -49,11 +52,15 @@ import toughen  # noqa: E402
 from toughen.attacks import pgd  # noqa: E402
 from toughen.data import load_data  # noqa: E402
 from toughen.models import build_model  # noqa: E402
+from toughen.precision import choose_precision  # noqa: E402
 from toughen.runs import read_config  # noqa: E402
 
-ALL_CONTENDERS = ("bare fp32", "toughen fp32", "toughen fp32 last", "torchattacks", "ART",
+ALL_CONTENDERS = ("bare fp32", "toughen fp32", "toughen fp32 last", "toughen auto", "torchattacks", "ART",
                   "bare bf16+CL", "toughen bf16+CL", "toughen bf16+CL last")
 EPS = {"mnist": {"linf": 0.3, "l2": 2.0}, "cifar": {"linf": 8 / 255, "l2": 0.5}}
+# "auto is never slower than fp32": met when its median is within this of fp32's, the spread we
+# see between two runs of identical code in one round-robin
+AUTO_NOISE = 1.03
 
 
 # ---------------------------------------------------------------- the floor: a bare PGD loop
@@ -123,6 +130,9 @@ def make_contenders(names: list[str], model: nn.Module, *, eps: float, norm: str
             out[name] = toughen_pgd(model, None, True, False)
         elif name == "toughen fp32 last":
             out[name] = toughen_pgd(model, None, False, False)
+        elif name == "toughen auto":
+            choice = choose_precision(model, *batches(0))  # measured once per model and batch shape
+            out[name] = toughen_pgd(model_cl if choice.channels_last else model, "auto", True, choice.channels_last)
         elif name == "toughen bf16+CL":
             out[name] = toughen_pgd(model_cl, "bf16", True, True)
         elif name == "toughen bf16+CL last":
@@ -177,6 +187,8 @@ def run_cell(model: nn.Module, names: list[str], *, eps: float, norm: str, steps
                            input_shape=input_shape)
     timed = common.round_robin(contenders, reps, warmup={k: (lambda f=f: f(0)) for k, f in warm.items()})
     cell: dict[str, Any] = {"eps": eps, "norm": norm, "steps": steps, "reps": reps, "contenders": {}}
+    if "toughen auto" in names:
+        cell["auto"] = choose_precision(model, *batches(0)).to_dict()  # the cached choice the contender ran
     for name, t in timed.items():
         robust = n = clean = 0
         outside = 0.0
@@ -349,6 +361,13 @@ def goals(results: dict) -> list[dict]:
                                  "cpu_value": cpu_ratio,
                                  "met": (cpu_ratio if by_cpu else ratio) <= 1.05 and (gap is None or abs(gap) <= 0.5 + 1e-9),
                                  "robust_gap_points": gap})
+            if "toughen auto" in c and "toughen fp32" in c:
+                # auto may pick fp32 itself: then the two run the same code, and the ratio is noise
+                ratio = c["toughen auto"]["median"] / c["toughen fp32"]["median"]
+                cpu_ratio = c["toughen auto"]["cpu_median"] / c["toughen fp32"]["cpu_median"]
+                rows.append({"goal": f"toughen auto / toughen fp32 <= {AUTO_NOISE}", "where": where, "value": ratio,
+                             "cpu_value": cpu_ratio, "met": (cpu_ratio if by_cpu else ratio) <= AUTO_NOISE,
+                             "robust_gap_points": None, "auto": cell.get("auto", {}).get("label")})
             for ours in ("toughen bf16+CL", "toughen bf16+CL last"):
                 ref = "toughen fp32" if ours == "toughen bf16+CL" else "toughen fp32 last"
                 if ours in c and "torchattacks" in c:
@@ -373,7 +392,8 @@ def markdown(results: dict, names: list[str]) -> str:
              "process's CPU time (the CPU-time ratio is the steadier one when other processes load the machine and "
              "torch runs one thread). `last` = "
              "`keep_best=False` (the last iterate, as the bare loop and the peers return); `bf16+CL` = "
-             "`amp=\"bf16\"` on a channels-last model."]
+             "`amp=\"bf16\"` on a channels-last model; `auto` = `amp=\"auto\"` on the layout "
+             "`choose_precision` picks (its choice is named in the goals table)."]
     for data, entry in results["models"].items():
         cells = entry["cells"]
         head = ["contender"] + [f"{c['norm']} eps={c['eps']:.3g} PGD-{c['steps']}" for c in cells]
@@ -404,7 +424,7 @@ def markdown(results: dict, names: list[str]) -> str:
                                                                               for a, b, s in bad)]
     g = results.get("goals", [])
     if g:
-        grows = [[r["goal"], r["where"], f"{r['value']:.2f}x", f"{r['cpu_value']:.2f}x",
+        grows = [[r["goal"] + (f" (auto: {r['auto']})" if r.get("auto") else ""), r["where"], f"{r['value']:.2f}x", f"{r['cpu_value']:.2f}x",
                   "n/a" if r["robust_gap_points"] is None else f"{r['robust_gap_points']:+.1f}",
                   "met" if r["met"] else "**missed**"] for r in g]
         measure = "CPU time (torch ran one thread)" if results["machine"].get("torch_threads") == 1 else "wall time"

@@ -63,6 +63,7 @@ def main() -> None:
             "clean_accuracy": clean, "pgd50_accuracy": robust, "train_seconds": summary["train_seconds"],
             "step_seconds": summary["step_seconds"], "cost_multiplier": summary["cost_multiplier"],
             "eval_seconds": time.perf_counter() - start,
+            "precision": summary["precision"],  # TrainConfig's "auto": what ran, and the probe's timings
         })
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     pgd = next(r for r in rows if r["recipe"] == "pgd")
@@ -89,7 +90,8 @@ def render(result: dict) -> str:
     for r in result["rows"]:
         events = "; ".join(f"epoch {e['epoch']}: {e['switched']}" for e in r["guard_events"]) or "none"
         vs = f"{100 * r['robust_vs_pgd']:.0f}%" if r["robust_vs_pgd"] is not None else "-"
-        rows.append([r["recipe"], "on" if r["guard"] else "-", common.fmt_pct(r["clean_accuracy"]),
+        rows.append([r["recipe"], r.get("precision", {}).get("label", "?"), "on" if r["guard"] else "-",
+                     common.fmt_pct(r["clean_accuracy"]),
                      common.fmt_pct(r["pgd50_accuracy"]), vs, f"{r['train_seconds']:.0f}",
                      f"{100 * r['time_vs_pgd']:.0f}%", f"{r['cost_multiplier']:.2f}", events])
     single = [r for r in result["rows"] if r["recipe"] != "pgd"]
@@ -108,8 +110,8 @@ def render(result: dict) -> str:
         "over the first third, `pgd` with 10 steps; the model is each run's best validation epoch; robust accuracy "
         "under PGD-50 (early stop) on the 1,000 test digits. Training seconds: each run's summed epoch time "
         "(training steps, guard probes and validation).", "",
-        common.md_table(["recipe", "guard", "clean", "PGD-50", "vs pgd", "train seconds", "vs pgd",
-                         "cost (passes / standard)", "guard events"], rows, right={2, 3, 4, 5, 6, 7}),
+        common.md_table(["recipe", "precision (auto)", "guard", "clean", "PGD-50", "vs pgd", "train seconds", "vs pgd",
+                         "cost (passes / standard)", "guard events"], rows, right={3, 4, 5, 6, 7, 8}),
         "", verdict,
     ])
 

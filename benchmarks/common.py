@@ -136,6 +136,10 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        # what oneDNN may use: AMX makes bf16 3-4x faster than fp32; without it bf16 can be slower
+        "amx": bool(torch.cpu._is_amx_tile_supported()),
+        "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "load_average_1min": load_average(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -148,6 +152,10 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _yes(value: Any) -> str:
+    return "unknown" if value is None else "yes" if value else "no"
+
+
 def machine_line(info: dict[str, Any]) -> str:
     """One Markdown paragraph with the machine, versions, date and command."""
     peers = ", ".join(f"{k} {info[k]}" for k in ("torchattacks", "art") if info.get(k))
@@ -158,7 +166,9 @@ def machine_line(info: dict[str, Any]) -> str:
         load_text += f", {end_load:.1f} at the end"
     return (
         f"Measured {info['date']} on {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads, "
-        f"bf16 instructions: {'yes' if info['cpu_bf16'] else 'no'}{load_text}); Python {info['python']}, "
+        f"bf16 instructions: {'yes' if info['cpu_bf16'] else 'no'}, AMX: {_yes(info.get('amx'))}, "
+        f"ONEDNN_MAX_CPU_ISA: {info.get('isa_cap') or 'not set'}"
+        f"{'' if info.get('onednn_bf16', True) else ' (bf16 emulated)'}{load_text}); Python {info['python']}, "
         f"torch {info['torch']}, toughen {info['toughen']} (git {info['git_revision']}){', ' + peers if peers else ''}."
         f"\nCommand: `{info['command']}`"
     )

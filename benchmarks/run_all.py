@@ -35,8 +35,7 @@ ROOT = HERE.parent
 BENCH_MODEL = Path("runs") / "bench" / "pgd"
 # The 4-epoch PGD model trained when none is given: the demo's recipe, shorter.
 TRAIN_BENCH_MODEL = ["-m", "toughen", "train", "--recipe", "pgd", "--epochs", "4", "--eps", "0.3", "--steps", "10",
-                     "--eps-warmup", "0.3333", "--eval-steps", "0", "--amp", "bf16", "--channels-last",
-                     "--out", str(BENCH_MODEL), "--overwrite", "--json"]
+                     "--eps-warmup", "0.3333", "--eval-steps", "0", "--out", str(BENCH_MODEL), "--overwrite", "--json"]
 
 
 def pick_model(run: str | None) -> tuple[str, bool]:

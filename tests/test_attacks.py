@@ -83,15 +83,19 @@ def test_pgd_last_iterate_matches_a_hand_loop(robust_model, test_batch):
 
 
 def test_pgd_is_at_least_as_strong_as_the_hand_loop_on_a_robust_model(robust_model, test_batch):
+    """From the hand loop's own start, keep_best fools every example the hand loop's last iterate
+    fools: the last iterate is one of its candidates, and a fooling candidate beats any other.
+    (Against a different random start the comparison would be noise of a few examples, which
+    another CPU's rounding of the fixture's training tips either way.)"""
     x, y = test_batch
     ref = _hand_pgd(robust_model, x, y, 0.1, 0.025, 20, torch.zeros_like(x))
-    ours = pgd(robust_model, x, y, eps=0.1, steps=20, generator=torch.Generator().manual_seed(0))
+    ours = pgd(robust_model, x, y, eps=0.1, steps=20, step_size=0.025, random_start=False)
     with torch.no_grad():
-        clean = (robust_model(x).argmax(1) == y).float().mean().item()
-        ref_acc = (robust_model(ref).argmax(1) == y).float().mean().item()
-        our_acc = (robust_model(ours).argmax(1) == y).float().mean().item()
-    assert our_acc <= ref_acc + 0.01
-    assert 0.3 < our_acc < clean, "the fixture should be a model that is robust, but not perfectly"
+        clean = robust_model(x).argmax(1) == y
+        ref_robust = robust_model(ref).argmax(1) == y
+        our_robust = robust_model(ours).argmax(1) == y
+    assert not (our_robust & ~ref_robust).any(), "an example the hand loop fooled is robust to ours"
+    assert 0.3 < our_robust.float().mean() < clean.float().mean(), "the fixture should be robust, but not perfectly"
 
 
 def test_restarts_keep_the_worst_case_per_example(robust_model, test_batch):

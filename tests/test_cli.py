@@ -66,6 +66,28 @@ def test_eval_accepts_eps_as_a_fraction(trained_run, capsys):
     assert code == 0 and abs(json.loads(stdout)["eps"] - 8 / 255) < 1e-12
 
 
+def test_a_run_and_a_suite_evaluation_say_which_precision_ran(trained_run, capsys):
+    """The default is "auto": the choice and the probe's timings are in config.yaml and
+    summary.json, and in the JSON of `eval --suite`; `--amp fp32` fixes fp32."""
+    import yaml
+
+    out, proc = trained_run
+    summary = json.loads(proc.stdout)
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert recorded["train"]["amp"] == "auto" and recorded["train"]["channels_last"] == "auto"
+    assert summary["precision"] == recorded["precision"]
+    assert summary["precision"]["chosen_by"] == "measured" and "fp32" in summary["precision"]["timings_ms"]
+    suite = ["eval", str(out), "--suite", "quick", "--n", "30", "--json"]
+    code, stdout, _ = run_cli(suite, capsys)
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["precision"]["chosen_by"] == "measured" and result["amp"] == result["precision"]["amp"]
+    code, stdout, _ = run_cli([*suite, "--amp", "fp32"], capsys)
+    assert code == 0 and json.loads(stdout)["amp"] is None
+    code, _, stderr = run_cli([*suite, "--amp", "int8"], capsys)
+    assert code == 2 and "choose auto, fp32, bf16 or fp16" in stderr
+
+
 USAGE_ERRORS = [
     (["--data", "imagenet"], "unknown dataset 'imagenet'; choose one of: cifar10, digits,"),
     (["--model", "resnet50"], "unknown model 'resnet50'; choose one of"),
