@@ -92,7 +92,9 @@ def pgd(
             (misclassified first, then highest loss).
         loss: "ce" (cross-entropy) or "margin" (max_{j != y} z_j - z_y).
         target: optional target labels; the attack then drives the prediction towards them.
-        keep_best: return, per example, the worst iterate seen (default) rather than the last one.
+        keep_best: return, per example, the worst iterate seen (default) rather than the last one:
+            one that fools the model first, then the highest loss. (The last iterate is looked at
+            only for the examples that no earlier one fooled.)
         early_stop: stop attacking an example as soon as it is fooled (its fooling input is
             returned). Robust accuracy is unchanged and evaluation is much cheaper; the loss of
             fooled examples is then not pushed higher.
@@ -161,9 +163,17 @@ def pgd(
             continue
         if not track:  # one run, last iterate: Madry's training attack, no extra forward pass
             return (xs + delta).detach()
-        with torch.no_grad(), autocast_for(x, amp):  # the last iterate is a candidate too
-            logits = model(xs + delta)
-            _offer(worst, model, idx, xs + delta, ys, ts, logits, value_of(logits), amp)
+        # The last iterate is a candidate too, but only for examples not fooled yet: a fooled
+        # example keeps its fooling input, and the forward pass shrinks to the ones still robust
+        # (on a model PGD breaks, most of it is saved).
+        open_ = ~worst.success[idx]
+        if open_.any():
+            x_last, y_last = (xs + delta)[open_], ys[open_]
+            t_last = ts[open_] if ts is not None else None
+            with torch.no_grad(), autocast_for(x, amp):
+                logits = model(x_last)
+                value = objective(loss, y_last, t_last)(logits)
+            _offer(worst, model, idx[open_], x_last, y_last, t_last, logits, value, amp)
     return worst.x
 
 
