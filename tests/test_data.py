@@ -87,6 +87,51 @@ def test_cifar10_pickle_reader(tmp_path):
     assert s.class_names[0] == "airplane"
 
 
+class _RunsCode:
+    """A pickle that, loaded by plain pickle.load, runs code (writes MARKER) before it is a dict."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+def _cifar_dir(path, batch_for=lambda name, rng: {b"data": rng.integers(0, 256, size=(20, 3072), dtype=np.uint8),
+                                                b"labels": list(range(10)) * 2}):
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (path / name).write_bytes(pickle.dumps(batch_for(name, rng)))
+    (path / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
+    return path
+
+
+def test_a_cifar10_batch_that_runs_code_is_refused_and_the_code_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    good = {b"data": np.zeros((20, 3072), dtype=np.uint8), b"labels": list(range(10)) * 2}
+    data = _cifar_dir(tmp_path, lambda name, rng: {**good, b"x": _RunsCode(marker)} if name == "data_batch_3" else good)
+    with pytest.raises(ToughenUsageError, match=r"refused .*data_batch_3: it asks to run builtins.exec"):
+        load_data("cifar10", data, val_size=10)
+    assert not marker.exists(), "the pickle's code ran"
+    # the same file does run code under plain pickle.load: the refusal is what stops it
+    pickle.loads((data / "data_batch_3").read_bytes())
+    assert marker.read_text() == "ran"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is not a CIFAR-10 python batch"),
+    (b"not a pickle at all", "is not a CIFAR-10 python batch"),
+    (pickle.dumps([1, 2, 3]), "a list, not a dict"),
+    (pickle.dumps({b"labels": [1]}), "it needs b'data'"),
+    (pickle.dumps({b"data": np.zeros((2, 5), dtype=np.uint8), b"labels": [0, 1]}), "it needs b'data'"),
+])
+def test_a_broken_cifar10_batch_is_a_clear_error(tmp_path, content, message):
+    data = _cifar_dir(tmp_path)
+    (data / "test_batch").write_bytes(content)
+    with pytest.raises(ToughenUsageError, match=message):
+        load_data("cifar10", data, val_size=10)
+
+
 def test_missing_files_name_what_to_put_where(tmp_path):
     with pytest.raises(ToughenUsageError, match="t10k-images-idx3-ubyte"):
         load_data("mnist", tmp_path)

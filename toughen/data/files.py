@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,12 +102,44 @@ def mnist(data_dir: Path | None, download: bool = False) -> Dataset:
     )
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle asked for a callable that is not on the allowed list."""
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds only builtin containers and numpy arrays.
+
+    A pickle runs code by naming a callable (a "global") for the loader to call: ``eval``,
+    ``os.system``. The CIFAR-10 batches need only numpy's array reconstruction, so every other
+    global is refused before it is looked up, and nothing in the file can run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise _Refused(f"it asks to run {module}.{name}")
+        with warnings.catch_warnings():  # numpy 2 warns about the numpy.core path old pickles name
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    with path.open("rb") as f:
-        # The CIFAR-10 batches are plain dicts of numpy arrays; a restricted unpickler would not
-        # stop a malicious file from being a malicious numpy pickle, so we only open files the
-        # user pointed us to.
-        return pickle.load(f, encoding="bytes")
+    """A CIFAR-10 python batch: a dict of numpy arrays and lists, read without running code."""
+    try:
+        with path.open("rb") as f:
+            d = _ArraysOnly(f, encoding="bytes").load()
+    except _Refused as e:
+        raise ToughenUsageError(f"refused {path}: {e}, and a CIFAR-10 batch holds only arrays and lists; "
+                                "replace it with the original file") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, ImportError) as e:
+        raise ToughenUsageError(f"{path} is not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
+                                "replace it with the original file") from None
+    if not isinstance(d, dict):
+        raise ToughenUsageError(f"{path} is not a CIFAR-10 python batch (a {type(d).__name__}, not a dict)")
+    return d
 
 
 @DATASETS.register("cifar10")
@@ -128,13 +161,19 @@ def cifar10(data_dir: Path | None, download: bool = False) -> Dataset:
         xs, ys = [], []
         for n in names:
             d = _unpickle(data_dir / n)
-            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+            data, labels = d.get(b"data"), d.get(b"labels")
+            if not isinstance(data, np.ndarray) or labels is None or data.size != len(labels) * 3072 or not len(labels):
+                raise ToughenUsageError(f"{data_dir / n} is not a CIFAR-10 batch: it needs b'data' (N x 3072 uint8) "
+                                        "and b'labels' (N labels) for N >= 1; replace it with the original file")
+            xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(labels, dtype=np.int64))
         x = torch.from_numpy(np.concatenate(xs).astype(np.float32) / 255.0)
         return x.contiguous(), torch.from_numpy(np.concatenate(ys))
 
     x_train, y_train = batches(CIFAR10_FILES[:5])
     x_test, y_test = batches(["test_batch"])
     meta = _unpickle(data_dir / "batches.meta")
+    if not isinstance(meta.get(b"label_names"), list):
+        raise ToughenUsageError(f"{data_dir / 'batches.meta'} lacks b'label_names'; replace it with the original file")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
     return Dataset("cifar10", x_train, y_train, x_test, y_test, class_names=names)
