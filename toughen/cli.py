@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -18,15 +19,36 @@ from rich.markup import escape
 from rich.table import Table
 
 from toughen.console import err, out, print_table
-from toughen.errors import ToughenUsageError
+from toughen.errors import ToughenUsageError, check_number
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.split("\n\n")[0])
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     # escape: a message may hold brackets, e.g. pip install 'toughen[tensorboard]', that rich would eat as markup
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    sys.exit(2)
+    sys.exit(code)
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error "
+                                        "(also TOUGHEN_DEBUG=1).")) -> None:
+    if debug:
+        os.environ["TOUGHEN_DEBUG"] = "1"
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """A --config YAML file: a mapping of TrainConfig fields (checked by TrainConfig.validate)."""
+    if not path.is_file():
+        raise ToughenUsageError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ToughenUsageError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(values, dict):
+        raise ToughenUsageError(f"config file {path}: a config is a mapping of keys to values, got "
+                                f"{type(values).__name__}")
+    return values
 
 
 def _parse_number(text: str, name: str) -> float:
@@ -104,9 +126,7 @@ def train(
 
     values: dict[str, Any] = {}
     if config is not None:
-        if not config.is_file():
-            raise ToughenUsageError(f"config file {config} does not exist")
-        values.update(yaml.safe_load(config.read_text()) or {})
+        values.update(_read_config_file(config))
     flags = dict(
         data=data, data_dir=str(data_dir) if data_dir else None, model=model, recipe=recipe,
         eps=_parse_number(eps, "--eps") if eps is not None else None, norm=norm, epochs=epochs, steps=steps,
@@ -198,9 +218,9 @@ def eval_(
                                          "word_substitute, hotflip or embed_pgd."),
     eps: Optional[str] = typer.Option(None, help="Radius; default the run's training eps."),
     norm: Optional[str] = typer.Option(None, help="Norm; default the run's."),
-    steps: int = typer.Option(20, help="PGD steps."),
+    steps: Optional[int] = typer.Option(None, help="PGD steps (default 20)."),
     step_size: Optional[str] = typer.Option(None, help="PGD step size; default 2.5 * eps / steps."),
-    restarts: int = typer.Option(1, help="PGD random restarts."),
+    restarts: Optional[int] = typer.Option(None, help="PGD random restarts (default 1)."),
     loss: str = typer.Option("ce", help="Attack loss: ce or margin."),
     n: Optional[int] = typer.Option(None, help="Evaluate the first N test examples."),
     seed: int = typer.Option(0),
@@ -219,6 +239,11 @@ def eval_(
     worst case over an attack suite (--suite), optionally over a list of eps (--eps-sweep)."""
     from toughen.runs import read_config
 
+    if suite is not None and (steps is not None or restarts is not None or step_size is not None):
+        raise ToughenUsageError("--suite runs each attack at its own budget; drop --steps, --restarts and "
+                                "--step-size, or evaluate one attack with --attack")
+    steps = 20 if steps is None else steps
+    restarts = 1 if restarts is None else restarts
     if read_config(run_dir).get("kind") == "text":
         from toughen.text.cli import eval_command
 
@@ -294,7 +319,7 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
         # early_stop leaves robust accuracy unchanged and skips work on examples already fooled
         options.update(steps=steps, restarts=restarts, early_stop=True)
         if step_size is not None:
-            options["step_size"] = _parse_number(step_size, "--step-size")
+            options["step_size"] = check_number("--step-size", _parse_number(step_size, "--step-size"), low=0)
     if amp is not None:
         from toughen.evaluation.suite import with_amp
 
@@ -352,12 +377,12 @@ def audit(
         size = (f"at most {report['eps']} edits of {report['attack']}" if report["norm"] == "edits"
                 else f"eps = {report['eps']:.4g} ({report['norm']})")
         title = f"audit of {report['model']}: {size}, n = {report['n']}"
-        table = Table(title=title)
+        table = Table(title=escape(title))
         for c in ("check", "status", "evidence"):
             table.add_column(c)
         for c in report["checks"]:
             color = "green" if c["status"] == "pass" else "red"
-            table.add_row(c["name"], f"[{color}]{c['status']}[/]", c["evidence"])
+            table.add_row(escape(c["name"]), f"[{color}]{escape(c['status'])}[/]", escape(c["evidence"]))
         out.print(table)
         out.print(f"verdict: [bold]{report['verdict']}[/]")
     raise typer.Exit(0 if report["verdict"] == "pass" else 1)
@@ -430,9 +455,23 @@ def report(
     check_device(device)
     if out_file is None:
         out_file = run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html")
+    _check_report_out(out_file)
     path = build_report(run_dirs, out_file, gallery=gallery, gallery_n=gallery_n, gallery_steps=gallery_steps,
                         device=device)
     out.print(f"wrote {path}", highlight=False)
+
+
+def _check_report_out(out_file: Path) -> None:
+    """The report is one HTML file: never a directory, and never one of a run's own files."""
+    from toughen.runs import RUN_FILES
+
+    if out_file.is_dir():
+        raise ToughenUsageError(f"--out {out_file} is a directory; give a file name such as {out_file / 'report.html'}")
+    if out_file.name in RUN_FILES and out_file.name != "report.html" and (out_file.parent / "config.yaml").is_file():
+        raise ToughenUsageError(f"--out {out_file} is a file of the run in {out_file.parent}; the report would replace "
+                                "it: give another name, such as report.html")
+    if out_file.suffix.lower() not in (".html", ".htm"):
+        raise ToughenUsageError(f"--out {out_file} does not end in .html; the report is an HTML page")
 
 
 @app.command()
@@ -461,9 +500,7 @@ def sweep(
 
     base: dict[str, Any] = {}
     if config is not None:
-        if not config.is_file():
-            raise ToughenUsageError(f"config file {config} does not exist")
-        base.update(yaml.safe_load(config.read_text()) or {})
+        base.update(_read_config_file(config))
     flags = dict(
         data=data, data_dir=str(data_dir) if data_dir else None, model=model, recipe=recipe,
         eps=_parse_number(eps, "--eps") if eps is not None else None, epochs=epochs, steps=steps,
@@ -489,12 +526,43 @@ def _print_table(title: str, rows: list[dict]) -> None:
 
 
 def main() -> None:
+    """The one error path: bad input (exit 2) and a failing environment (exit 1) become one line
+    that says what to do; the traceback only with --debug or TOUGHEN_DEBUG=1."""
     try:
         app()
     except ToughenUsageError as e:
         _fail(str(e))
-    except FileNotFoundError as e:
-        _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - anything else: one line, the traceback on request
+        if os.environ.get("TOUGHEN_DEBUG") == "1":
+            raise
+        message, code = explain(e)
+        _fail(message + " (run with --debug for the traceback)", code)
+
+
+def explain(e: BaseException) -> tuple[str, int]:
+    """A one-line message and exit code for an exception that is not a ToughenUsageError: a file
+    that cannot be read or written, a corrupted file, or a bug."""
+    import errno
+    import pickle
+
+    from safetensors import SafetensorError
+
+    if isinstance(e, FileNotFoundError):
+        return str(e), 2
+    if isinstance(e, OSError):
+        hints = {errno.ENOSPC: "the disk is full: free some space and run it again",
+                 errno.EROFS: "the file system is read-only: choose an --out on a writable one",
+                 errno.EACCES: "permission denied: choose an --out you can write to",
+                 errno.ENAMETOOLONG: "a file name is too long: choose a shorter --out"}
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{hints.get(e.errno, e.strerror or str(e))}{where}", 1
+    first_line = (str(e).strip().splitlines() or [""])[0][:200]
+    if isinstance(e, (SafetensorError, pickle.UnpicklingError, EOFError)):
+        return f"a file toughen read is corrupted or not what it should be ({type(e).__name__}: {first_line}); " \
+               "replace it, or train the run again", 2
+    if isinstance(e, yaml.YAMLError):
+        return f"a YAML file is malformed: {' '.join(str(e).split())}", 2
+    return f"unexpected {type(e).__name__}: {first_line}", 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 # Piped into a file or `tee` (as `make demo` often is), rich assumes 80 columns and cuts the
 # tables' recipe and attack names to a few letters; a log file has room for the whole table.
@@ -29,7 +30,8 @@ def print_table(title: str, rows: list[dict], columns: tuple[str, ...], *, names
     instead); accuracies and rates print as percentages, the ``short`` columns' floats to three
     significant digits, other floats to one decimal. ``missing``, when given, stands for an absent
     or None value."""
-    table = Table(title=title)
+    # Text, not str: a run path or a text example may hold "[/]", which rich would read as markup
+    table = Table(title=Text(title))
     shown = [c for c in columns if any(c in r for r in rows)]
     for c in shown:
         table.add_column(c.replace("_", " "), justify="left" if c in names else "right", no_wrap=c in names)
@@ -45,5 +47,5 @@ def print_table(title: str, rows: list[dict], columns: tuple[str, ...], *, names
                 cells.append(f"{v:.3g}" if c in short else f"{v:.1f}")
             else:
                 cells.append(str(v))
-        table.add_row(*cells)
+        table.add_row(*(Text(c) for c in cells))
     out.print(table)

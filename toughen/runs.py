@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from torch import nn
 from toughen.errors import ToughenUsageError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "summary.json", "evaluations.jsonl",
-             "model_last.safetensors", "checkpoint.pt")
+             "model_last.safetensors", "checkpoint.pt", "model_raw.safetensors", "audit.json", "report.html",
+             "eval_state.json")
+LOCK_FILE = ".lock"  # held (flock) by the one process that writes the run; see RunLock
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -53,18 +56,42 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def append_jsonl(path: Path, obj: dict) -> None:
-    """Append one line. The line is written whole with one write call; readers skip a torn last line."""
-    with Path(path).open("a") as f:
-        f.write(json.dumps(obj) + "\n")
+    """Append one line, whole or not at all.
+
+    The line goes out in one write() on a file opened for appending, so concurrent appends do not
+    interleave. A line torn by an earlier crash or a full disk (no final newline) is cut off first:
+    it was never a complete record, and the new line must not be glued onto it."""
+    line = (json.dumps(obj) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+            cut = tail.rfind(b"\n")
+            os.ftruncate(fd, size - len(tail) + cut + 1 if cut >= 0 else 0)
+        written = os.write(fd, line)
+        if written != len(line):  # a short write (disk full): take the fragment back
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
+            raise OSError(f"could not append to {path}: the disk is full or the file too large")
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a jsonl file, one per line. A line that is not a JSON object (torn by a
+    crash, edited by hand) is skipped with a warning, and the lines after it are still read."""
     rows = []
-    for line in Path(path).read_text().splitlines():
+    for i, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            break  # a torn final line from a killed process
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            warnings.warn(f"{path}, line {i}: not a JSON object; skipped", stacklevel=2)
     return rows
 
 
@@ -102,19 +129,78 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None
 
 
-def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
-    """Create ``out``; refuse a non-empty one unless ``overwrite``, which then removes only
-    toughen's own files (anything else the user put there stays)."""
+def check_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse an ``--out`` that cannot become this run's directory, before anything is written:
+    empty, a file, not writable, or holding files without ``overwrite``."""
+    if str(out).strip() == "":
+        raise ToughenUsageError("--out is empty; give the directory the run should be written to")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ToughenUsageError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ToughenUsageError(f"--out {out} exists and is not empty; pass --overwrite or choose another directory")
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()) and not overwrite:
+        raise ToughenUsageError(f"--out {out} exists and is not empty; pass --overwrite or choose another directory")
+    existing = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ToughenUsageError(f"cannot write to {existing}; choose an --out in a writable directory")
+    return out
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
+    """Create ``out``; refuse a non-empty one unless ``overwrite``, which then removes only
+    toughen's own files, every one an earlier run left (anything else the user put there stays).
+    Call it while holding the directory's :class:`RunLock`, so two writers never mix."""
+    out = check_out_dir(out, overwrite)
+    if out.is_dir():
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+        remove_temporary_files(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def remove_temporary_files(run_dir: Path) -> None:
+    """The ``.NAME.*.tmp`` files of atomic writes that a killed process left behind."""
+    for p in Path(run_dir).glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+class RunLock:
+    """Exclusive ownership of a run directory by one process, for as long as it writes there.
+
+    An advisory lock (flock) on RUN_DIR/.lock, which holds the owner's pid. The kernel drops it
+    when the process ends, however it ends, so a killed run never leaves the directory locked.
+    A second writer is refused at once, with the owner's pid, even with --overwrite."""
+
+    def __init__(self, run_dir: str | Path):
+        import fcntl
+
+        run_dir = Path(run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.path = run_dir / LOCK_FILE
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ToughenUsageError(f"cannot write to {run_dir} ({e.strerror}); choose another --out") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise ToughenUsageError(f"{run_dir} is being written by another toughen process (pid {owner}); wait "
+                                    "for it to finish or choose another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays, empty of meaning
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:

@@ -38,8 +38,8 @@ def check_eps(eps: float, norm: str = "linf", bounds: Bounds = (0.0, 1.0), dim: 
     eps >= width * sqrt(dim).
     """
     check_norm(norm)
-    if not isinstance(eps, (int, float)) or math.isnan(eps):
-        raise ToughenUsageError(f"eps must be a number, got {eps!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps):
+        raise ToughenUsageError(f"eps must be a finite number, got {eps!r}")
     if eps < 0:
         raise ToughenUsageError(f"eps must be >= 0, got {eps}")
     width = bounds[1] - bounds[0]
@@ -92,7 +92,7 @@ def random_start(
         # Uniform in the L2 ball: a uniform direction, radius eps * U^(1/d).
         direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         direction = direction / _per_example_norm(direction).clamp_min(1e-12)
-        d = x[0].numel()
+        d = math.prod(x.shape[1:])  # not x[0].numel(): the batch may be empty
         u = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
         radius = eps * u.pow(1.0 / d)
         delta = direction * per_example(radius, x)

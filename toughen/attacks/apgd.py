@@ -204,7 +204,7 @@ def apgd(
         >>> x_adv = apgd(model, x, y, eps=8 / 255)                                  # APGD-CE
         >>> x_adv = apgd(model, x, y, eps=8 / 255, loss="dlr", n_target_classes=9)  # APGD-T
     """
-    _check_inputs(x, y, None)
+    _check_inputs(x, y, None, bounds)
     threat.check_eps(eps, norm, bounds)
     if int(steps) != steps or steps < 1:
         raise ToughenUsageError(f"steps must be a whole number >= 1, got {steps}")

@@ -7,7 +7,7 @@ from torch import nn
 
 from toughen import threat
 from toughen.attacks.losses import is_successful, objective
-from toughen.errors import ToughenUsageError
+from toughen.errors import ToughenUsageError, check_number
 from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
 
 
@@ -30,9 +30,15 @@ class _WorstCase:
         self.value[chosen] = value[better]
 
 
-def _check_inputs(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                  bounds: threat.Bounds = (0.0, 1.0)) -> None:
     if not x.is_floating_point():
         raise ToughenUsageError(f"x must be a floating-point tensor in the data bounds, got {x.dtype}")
+    if len(x) and not (x.min() >= bounds[0] and x.max() <= bounds[1]):  # NaN fails both
+        raise ToughenUsageError(
+            f"x must lie inside the data bounds [{bounds[0]:g}, {bounds[1]:g}], but spans [{x.min().item():g}, "
+            f"{x.max().item():g}]: pass raw inputs (normalization belongs inside the model) or set bounds="
+        )
     if y.dim() != 1 or len(y) != len(x):
         raise ToughenUsageError(f"y must hold one label per input: x has {len(x)} rows, y has shape {tuple(y.shape)}")
     if target is not None and target.shape != y.shape:
@@ -113,7 +119,7 @@ def pgd(
     Example:
         >>> x_adv = pgd(model, x, y, eps=8 / 255, steps=10)
     """
-    _check_inputs(x, y, target)
+    _check_inputs(x, y, target, bounds)
     threat.check_eps(eps, norm, bounds)
     if steps < 0 or int(steps) != steps:
         raise ToughenUsageError(f"steps must be a whole number >= 0, got {steps}")
@@ -123,10 +129,11 @@ def pgd(
     amp = resolve_amp(model, x, y, amp)  # "auto": the faster of fp32 and bf16 here
     if step_size is None:
         step_size = 2.5 * eps / max(steps, 1)
-    if step_size < 0:
-        raise ToughenUsageError(f"step_size must be >= 0, got {step_size}")
+    check_number("step_size", step_size, low=0)
 
     x = x.detach()
+    if len(x) == 0:  # nothing to attack (e.g. every example already fooled upstream)
+        return x.clone()
     track = keep_best or early_stop or restarts > 1
     worst = _WorstCase(x)
     everyone = torch.arange(len(x), device=x.device)

@@ -125,7 +125,7 @@ def square(
     Example:
         >>> x_adv = square(model, x, y, eps=8 / 255, n_queries=1000)
     """
-    _check_inputs(x, y, None)
+    _check_inputs(x, y, None, bounds)
     threat.check_eps(eps, norm, bounds)
     if x.dim() != 4:
         raise ToughenUsageError(f"square needs image batches (N, C, H, W), got shape {tuple(x.shape)}")

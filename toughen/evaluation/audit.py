@@ -23,7 +23,7 @@ from torch import nn
 
 from toughen import threat
 from toughen.attacks import Attack
-from toughen.errors import ToughenUsageError
+from toughen.errors import ToughenUsageError, check_number
 from toughen.evaluation.suite import _device, evaluate
 
 PASS, SUSPICIOUS = "pass", "suspicious"
@@ -104,6 +104,8 @@ def audit(
         raise ToughenUsageError("the audit needs eps > 0")
     if len(x) != len(y) or len(x) == 0:
         raise ToughenUsageError(f"x and y must be non-empty and of the same length, got {len(x)} and {len(y)}")
+    check_number("steps (--steps)", steps, low=1, whole=True)
+    check_number("n_queries (--queries)", n_queries, low=1, whole=True)
     start = time.perf_counter()
     device = _device(model)
     x, y = x.to(device), y.to(device)

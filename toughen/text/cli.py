@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from toughen.console import err, out, print_table as show_rows
 from toughen.errors import ToughenUsageError
@@ -142,10 +143,10 @@ def print_table(title: str, rows: list[dict]) -> None:
 def print_examples(examples: list[dict], title: str = "examples") -> None:
     if not examples:
         return
-    table = Table(title=title, show_lines=True)
+    table = Table(title=Text(title), show_lines=True)
     for c in ("original", "adversarial", "label", "now", "edits"):
         table.add_column(c)
-    for e in examples:
-        table.add_row(e["original"], reveal(e["adversarial"]), e["label"] if isinstance(e["label"], str) else str(e["label"]),
-                      str(e["adversarial_prediction"]), str(e["edits"]))
+    for e in examples:  # Text: the texts are data, and "[/]" in one must not be read as markup
+        table.add_row(*(Text(str(v)) for v in (e["original"], reveal(e["adversarial"]), e["label"],
+                                                e["adversarial_prediction"], e["edits"])))
     out.print(table)

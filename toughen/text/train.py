@@ -24,7 +24,10 @@ from tqdm.auto import tqdm
 import toughen
 from toughen import threat
 from toughen.errors import ToughenUsageError
-from toughen.runs import append_jsonl, atomic_write_text, git_revision, load_weights, prepare_run_dir, read_config, run_weights, save_weights, write_json
+from toughen.runs import (
+    RunLock, append_jsonl, atomic_write_text, check_out_dir, git_revision, load_weights, prepare_run_dir, read_config,
+    run_weights, save_weights, write_json,
+)
 from toughen.text.attacks import DISCRETE, TEXT_ATTACKS
 from toughen.text.data import TextSplits, is_text_data, load_text_data
 from toughen.text.evaluation import evaluate_text_attack
@@ -188,37 +191,39 @@ def train_text(cfg: TextTrainConfig, out: str | Path, *, overwrite: bool = False
     """Train as ``cfg`` says, write the run directory ``out``, return the summary (test-split numbers)."""
     cfg.validate()
     dev = check_device(device)
+    check_out_dir(out, overwrite)  # before the data is loaded: a bad --out fails fast
     splits = load_text_data(cfg.data, cfg.text_column, cfg.label_column, cfg.val_size)
-    run_dir = prepare_run_dir(out, overwrite)
-    torch.manual_seed(cfg.seed)
-    model = build_text_model(cfg.model, splits.num_classes, **cfg.model_options).to(dev)
-    config_doc = {
-        "kind": "text",
-        "train": cfg.to_dict(),
-        "data_info": {"num_classes": splits.num_classes, "class_names": splits.class_names,
-                      "n_train": len(splits.x_train), "n_val": len(splits.x_val), "n_test": len(splits.x_test)},
-        "toughen_version": toughen.__version__, "torch_version": str(torch.__version__), "git_revision": git_revision(),
-    }
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False, allow_unicode=True))
-    start = time.perf_counter()
-    history = fit_text(model, splits, cfg, metrics_path=run_dir / "metrics.jsonl", progress=progress)
-    train_seconds = time.perf_counter() - start
-    save_weights(model, run_dir / "model.safetensors")
-    model.eval()
-    n = cfg.eval_n or len(splits.x_test)
-    res = evaluate_text_attack(model, splits.x_test[:n], splits.y_test[:n], cfg.eval_attack, budget=_eval_budget(cfg),
-                               seed=cfg.seed + 2, class_names=splits.class_names)
-    res.pop("robust")
-    summary = {
-        "data": cfg.data, "model": cfg.model, "recipe": cfg.recipe, "budget": cfg.budget, "epochs": cfg.epochs,
-        "clean_accuracy": res["clean_accuracy"], "robust_accuracy": res["robust_accuracy"],
-        "robust_attack": f"{cfg.eval_attack}@{res['budget']}", "attack_success_rate": res["attack_success_rate"],
-        "mean_edits": res["mean_edits"], "mean_queries": res["mean_queries"], "n_test": n,
-        "train_seconds": train_seconds, "final_val_clean_accuracy": history[-1]["val_clean_accuracy"],
-        "final_val_robust_accuracy": history[-1]["val_robust_accuracy"], "examples": res["examples"],
-    }
-    write_json(run_dir / "summary.json", summary)
-    return summary
+    with RunLock(out):  # one writer at a time; taken before --overwrite removes anything
+        run_dir = prepare_run_dir(out, overwrite)
+        torch.manual_seed(cfg.seed)
+        model = build_text_model(cfg.model, splits.num_classes, **cfg.model_options).to(dev)
+        config_doc = {
+            "kind": "text",
+            "train": cfg.to_dict(),
+            "data_info": {"num_classes": splits.num_classes, "class_names": splits.class_names,
+                          "n_train": len(splits.x_train), "n_val": len(splits.x_val), "n_test": len(splits.x_test)},
+            "toughen_version": toughen.__version__, "torch_version": str(torch.__version__), "git_revision": git_revision(),
+        }
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False, allow_unicode=True))
+        start = time.perf_counter()
+        history = fit_text(model, splits, cfg, metrics_path=run_dir / "metrics.jsonl", progress=progress)
+        train_seconds = time.perf_counter() - start
+        save_weights(model, run_dir / "model.safetensors")
+        model.eval()
+        n = cfg.eval_n or len(splits.x_test)
+        res = evaluate_text_attack(model, splits.x_test[:n], splits.y_test[:n], cfg.eval_attack, budget=_eval_budget(cfg),
+                                   seed=cfg.seed + 2, class_names=splits.class_names)
+        res.pop("robust")
+        summary = {
+            "data": cfg.data, "model": cfg.model, "recipe": cfg.recipe, "budget": cfg.budget, "epochs": cfg.epochs,
+            "clean_accuracy": res["clean_accuracy"], "robust_accuracy": res["robust_accuracy"],
+            "robust_attack": f"{cfg.eval_attack}@{res['budget']}", "attack_success_rate": res["attack_success_rate"],
+            "mean_edits": res["mean_edits"], "mean_queries": res["mean_queries"], "n_test": n,
+            "train_seconds": train_seconds, "final_val_clean_accuracy": history[-1]["val_clean_accuracy"],
+            "final_val_robust_accuracy": history[-1]["val_robust_accuracy"], "examples": res["examples"],
+        }
+        write_json(run_dir / "summary.json", summary)
+        return summary
 
 
 def is_text_run(run_dir: str | Path) -> bool:

@@ -22,7 +22,10 @@ from toughen.data import load_data
 from toughen.evaluation import attack_correct, clean_correct
 from toughen.models import build_model
 from toughen.errors import ToughenUsageError
-from toughen.runs import atomic_write_text, git_revision, prepare_run_dir, read_config, save_weights, write_json
+from toughen.runs import (
+    RunLock, atomic_write_text, check_out_dir, git_revision, prepare_run_dir, read_config, remove_temporary_files,
+    save_weights, write_json,
+)
 from toughen.train.config import TrainConfig
 from toughen.train.distributed import Dist, setup as setup_distributed
 from toughen.precision import Precision
@@ -55,103 +58,118 @@ def train(
     """
     cfg.validate()
     dist, dev = setup_distributed(check_device(device))
+    if not resume:
+        check_out_dir(out, overwrite)  # before the data is loaded: a bad --out fails fast
     splits = load_data(cfg.data, cfg.data_dir, cfg.val_size, options=cfg.data_options)
-    run_dir = Path(out) if resume else _prepare_run_dir(dist, out, overwrite)
+    run_dir, lock = _open_run_dir(dist, out, overwrite, resume)
+    try:
+        torch.manual_seed(cfg.seed)  # the model's initial weights
+        model = build_model(
+            cfg.model, splits.input_shape, splits.num_classes,
+            mean=splits.mean if cfg.normalize else None, std=splits.std if cfg.normalize else None,
+            **cfg.model_options,
+        ).to(dev)
 
-    torch.manual_seed(cfg.seed)  # the model's initial weights
-    model = build_model(
-        cfg.model, splits.input_shape, splits.num_classes,
-        mean=splits.mean if cfg.normalize else None, std=splits.std if cfg.normalize else None,
-        **cfg.model_options,
-    ).to(dev)
+        # "auto" precision and layout are settled once, on the first batch, and recorded; a resumed
+        # run goes on with the choice it started with, so it ends as if never interrupted.
+        started = read_config(run_dir).get("precision") if resume else None
+        precision = Precision.from_dict(started) if started else choose_training_precision(model, splits, cfg, dist)
+        config_doc = {
+            "train": cfg.to_dict(),
+            "precision": precision.to_dict(),  # what ran: amp and layout, and for "auto" the probe's timings
+            "data_info": {
+                "input_shape": list(splits.input_shape),
+                "num_classes": splits.num_classes,
+                "class_names": splits.class_names,
+                "bounds": list(splits.bounds),
+                "mean": splits.mean,
+                "std": splits.std,
+                "n_train": len(splits.x_train),
+                "n_val": len(splits.x_val),
+                "n_test": len(splits.x_test),
+            },
+            "world_size": dist.world_size,  # processes that trained it (torchrun); 1 without
+            "toughen_version": toughen.__version__,
+            "torch_version": str(torch.__version__),
+            "git_revision": git_revision(),
+        }
+        if not resume and dist.is_main:
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False))
 
-    # "auto" precision and layout are settled once, on the first batch, and recorded; a resumed
-    # run goes on with the choice it started with, so it ends as if never interrupted.
-    started = read_config(run_dir).get("precision") if resume else None
-    precision = Precision.from_dict(started) if started else choose_training_precision(model, splits, cfg, dist)
-    config_doc = {
-        "train": cfg.to_dict(),
-        "precision": precision.to_dict(),  # what ran: amp and layout, and for "auto" the probe's timings
-        "data_info": {
-            "input_shape": list(splits.input_shape),
-            "num_classes": splits.num_classes,
-            "class_names": splits.class_names,
-            "bounds": list(splits.bounds),
-            "mean": splits.mean,
-            "std": splits.std,
-            "n_train": len(splits.x_train),
-            "n_val": len(splits.x_val),
-            "n_test": len(splits.x_test),
-        },
-        "world_size": dist.world_size,  # processes that trained it (torchrun); 1 without
-        "toughen_version": toughen.__version__,
-        "torch_version": str(torch.__version__),
-        "git_revision": git_revision(),
-    }
-    if not resume and dist.is_main:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False))
+        start = time.perf_counter()
+        history = fit(model, splits, with_precision(cfg, precision), run_dir=run_dir, resume=resume, progress=progress,
+                      on_epoch=on_epoch, dist=dist)
+        wall_seconds = time.perf_counter() - start
+        if dist.is_main:
+            save_weights(model, run_dir / "model.safetensors")  # the selected epoch's weights (cfg.select)
 
-    start = time.perf_counter()
-    history = fit(model, splits, with_precision(cfg, precision), run_dir=run_dir, resume=resume, progress=progress,
-                  on_epoch=on_epoch, dist=dist)
-    wall_seconds = time.perf_counter() - start
-    if dist.is_main:
-        save_weights(model, run_dir / "model.safetensors")  # the selected epoch's weights (cfg.select)
-
-    # The headline numbers, on the test split, which nothing above has looked at.
-    model.eval()
-    n = min(cfg.eval_n or len(splits.x_test), len(splits.x_test))
-    # Each rank attacks its shard of the test examples; the counts are summed.
-    x_test, y_test = dist.shard(splits.x_test[:n]), dist.shard(splits.y_test[:n])
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 2 + dist.rank)
-    clean = clean_correct(model, x_test, y_test).sum().item()
-    robust = attack_correct(
-        model, x_test, y_test, Attack("pgd", {"steps": cfg.eval_steps, "early_stop": True}),
-        eps=cfg.eps, norm=cfg.norm, bounds=splits.bounds, generator=gen, progress=progress and dist.is_main,
-        desc="test PGD",
-    ).sum().item()
-    clean, robust = (v / n for v in dist.sum([clean, robust]))
-    summary = {
-        "data": cfg.data,
-        "model": cfg.model,
-        "recipe": cfg.recipe,
-        "eps": cfg.eps,
-        "norm": cfg.norm,
-        "epochs": cfg.epochs,
-        "clean_accuracy": clean,
-        "robust_accuracy": robust,
-        "robust_attack": f"pgd-{cfg.eval_steps}",
-        "n_test": n,
-        # every epoch's wall time, summed (across resumes): training steps, guard, validation
-        "train_seconds": sum(r["seconds"] + r["val_seconds"] for r in history),
-        "final_val_clean_accuracy": history[-1]["val_clean_accuracy"],
-        "final_val_robust_accuracy": history[-1]["val_robust_accuracy"],
-        **_selection(cfg, history),
-        **_cost(history, len(splits.x_train)),
-        "guard": _guard_summary(cfg, history),
-        "precision": precision.to_dict(),
-        "resumed": resume,
-        "world_size": dist.world_size,
-        "wall_seconds_this_process": wall_seconds,
-    }
-    if dist.is_main:
-        write_json(run_dir / "summary.json", summary)
-    dist.barrier()  # the files exist when any rank returns
-    return summary
+        # The headline numbers, on the test split, which nothing above has looked at.
+        model.eval()
+        n = min(cfg.eval_n or len(splits.x_test), len(splits.x_test))
+        # Each rank attacks its shard of the test examples; the counts are summed.
+        x_test, y_test = dist.shard(splits.x_test[:n]), dist.shard(splits.y_test[:n])
+        gen = torch.Generator(device=dev).manual_seed(cfg.seed + 2 + dist.rank)
+        clean = clean_correct(model, x_test, y_test).sum().item()
+        robust = attack_correct(
+            model, x_test, y_test, Attack("pgd", {"steps": cfg.eval_steps, "early_stop": True}),
+            eps=cfg.eps, norm=cfg.norm, bounds=splits.bounds, generator=gen, progress=progress and dist.is_main,
+            desc="test PGD",
+        ).sum().item()
+        clean, robust = (v / n for v in dist.sum([clean, robust]))
+        summary = {
+            "data": cfg.data,
+            "model": cfg.model,
+            "recipe": cfg.recipe,
+            "eps": cfg.eps,
+            "norm": cfg.norm,
+            "epochs": cfg.epochs,
+            "clean_accuracy": clean,
+            "robust_accuracy": robust,
+            "robust_attack": f"pgd-{cfg.eval_steps}",
+            "n_test": n,
+            # every epoch's wall time, summed (across resumes): training steps, guard, validation
+            "train_seconds": sum(r["seconds"] + r["val_seconds"] for r in history),
+            "final_val_clean_accuracy": history[-1]["val_clean_accuracy"],
+            "final_val_robust_accuracy": history[-1]["val_robust_accuracy"],
+            **_selection(cfg, history),
+            **_cost(history, len(splits.x_train)),
+            "guard": _guard_summary(cfg, history),
+            "precision": precision.to_dict(),
+            "resumed": resume,
+            "world_size": dist.world_size,
+            "wall_seconds_this_process": wall_seconds,
+        }
+        if dist.is_main:
+            write_json(run_dir / "summary.json", summary)
+        dist.barrier()  # the files exist when any rank returns
+        return summary
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _prepare_run_dir(dist: Dist, out: str | Path, overwrite: bool) -> Path:
-    """Rank 0 prepares ``out``; its refusal (a non-empty directory) is every rank's error."""
-    error = None
+def _open_run_dir(dist: Dist, out: str | Path, overwrite: bool, resume: bool) -> tuple[Path, RunLock | None]:
+    """Rank 0 takes the run directory's lock (a second writer is refused), then prepares ``out``
+    (or, on resume, removes the temporary files a killed run left); its refusal is every rank's
+    error. Returns the directory and rank 0's lock, to release when the run is written."""
+    error, lock = None, None
     if dist.is_main:
         try:
-            prepare_run_dir(out, overwrite)
+            if not resume:
+                check_out_dir(out, overwrite)  # again: the lock file must not land in a directory refused
+            lock = RunLock(out)
+            if resume:
+                remove_temporary_files(Path(out))
+            else:
+                prepare_run_dir(out, overwrite)
         except ToughenUsageError as e:
+            if lock is not None:
+                lock.release()
             error = str(e)
     error = dist.broadcast(error)
     if error is not None:
         raise ToughenUsageError(error)
-    return Path(out)
+    return Path(out), lock
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, device: str = "cpu") -> dict[str, Any]:

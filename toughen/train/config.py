@@ -7,9 +7,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toughen import threat
-from toughen.errors import ToughenUsageError
+from toughen.errors import ToughenUsageError, check_number
 
 OPTIMIZERS = ("sgd", "adam")
+# Every numeric field: its range (toughen.errors.check_number), checked before anything is
+# written. Upper bounds only where a larger value is surely a typo (a million epochs).
+_WHOLE_STEPS = dict(low=0, high=100_000, whole=True)
+NUMBERS: dict[str, dict[str, Any]] = {
+    "val_size": dict(low=0, above=True),
+    "steps": _WHOLE_STEPS, "eval_steps": _WHOLE_STEPS, "val_attack_steps": {**_WHOLE_STEPS, "optional": True},
+    "step_size": dict(low=0, above=True, optional=True),
+    "lam": dict(low=0), "beta": dict(low=0), "gradalign_lambda": dict(low=0),
+    "free_replays": dict(low=1, high=1000, whole=True), "noise_std": dict(low=0, optional=True),
+    "epochs": dict(low=1, high=100_000, whole=True), "batch_size": dict(low=1, high=10_000_000, whole=True),
+    "lr": dict(low=0, above=True), "momentum": dict(low=0, high=1), "weight_decay": dict(low=0),
+    "eps_warmup": dict(low=0, high=1), "crop_pad": dict(low=0, high=10_000, whole=True),
+    "seed": dict(low=0, whole=True), "grad_clip": dict(low=0, above=True, optional=True),
+    "patience": dict(low=1, whole=True, optional=True),
+    "guard_every": dict(low=0, whole=True), "guard_n": dict(low=1, whole=True), "guard_steps": dict(low=1, whole=True),
+    "guard_ratio": dict(low=0, high=1, above=True), "eval_n": dict(low=1, whole=True, optional=True),
+}
 LR_SCHEDULES = ("constant", "onecycle", "cosine", "piecewise")
 SELECT_MODES = ("best", "last")
 
@@ -82,20 +99,17 @@ class TrainConfig:
         DATASETS.get(self.data)
         MODELS.get(self.model)
         RECIPES.get(self.recipe)
+        for name in ("data", "model", "recipe", "norm", "optimizer", "lr_schedule", "select", "guard_fallback"):
+            if not isinstance(getattr(self, name), str):
+                raise ToughenUsageError(f"{name} must be a name, got {getattr(self, name)!r}")
+        for name in ("normalize", "augment_crop", "augment_flip", "guard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ToughenUsageError(f"{name} is true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.model_options, dict):
+            raise ToughenUsageError(f"model_options is a mapping of the model's options, got {self.model_options!r}")
+        for name, limits in NUMBERS.items():
+            check_number(name, getattr(self, name), **limits)
         threat.check_eps(self.eps, self.norm)
-        for name in ("steps", "epochs", "batch_size", "eval_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name in ("steps", "eval_steps") else 1):
-                low = 0 if name in ("steps", "eval_steps") else 1
-                raise ToughenUsageError(f"{name} must be a whole number >= {low}, got {value!r}")
-        if self.step_size is not None and self.step_size <= 0:
-            raise ToughenUsageError(f"step_size must be > 0, got {self.step_size}")
-        if self.lr <= 0:
-            raise ToughenUsageError(f"lr must be > 0, got {self.lr}")
-        if self.lam < 0:
-            raise ToughenUsageError(f"lam must be >= 0, got {self.lam}")
-        if not 0 <= self.eps_warmup <= 1:
-            raise ToughenUsageError(f"eps_warmup is a fraction of training in [0, 1], got {self.eps_warmup}")
         if self.optimizer not in OPTIMIZERS:
             raise ToughenUsageError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -107,8 +121,6 @@ class TrainConfig:
         if self.channels_last not in (True, False, "auto"):
             raise ToughenUsageError(f"channels_last is true, false or auto, got {self.channels_last!r}")
         self._validate_new_fields()
-        if not isinstance(self.crop_pad, int) or isinstance(self.crop_pad, bool) or self.crop_pad < 0:
-            raise ToughenUsageError(f"crop_pad is a whole number of pixels >= 0, got {self.crop_pad!r}")
         if not isinstance(self.compile, bool):
             raise ToughenUsageError(f"compile is true or false, got {self.compile!r}")
         if not isinstance(self.flip, bool):
@@ -122,8 +134,6 @@ class TrainConfig:
                 f"the {which} recipe keeps each training image's perturbation between epochs, which random "
                 "crops and flips would misalign: drop --crop-pad/--flip, or use fgsm_rs or nfgsm"
             )
-        if self.eval_n is not None and self.eval_n < 1:
-            raise ToughenUsageError(f"eval_n must be >= 1, got {self.eval_n}")
         return self
 
     def guarded(self) -> bool:
@@ -144,22 +154,7 @@ class TrainConfig:
     def _validate_new_fields(self) -> None:
         from toughen.train.recipes import RECIPES
 
-        for name in ("free_replays", "guard_n", "guard_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ToughenUsageError(f"{name} must be a whole number >= 1, got {value!r}")
-        if not isinstance(self.guard_every, int) or self.guard_every < 0:
-            raise ToughenUsageError(f"guard_every must be a whole number >= 0 (0 = once per epoch), got {self.guard_every!r}")
-        for name in ("beta", "gradalign_lambda"):
-            if getattr(self, name) < 0:
-                raise ToughenUsageError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.noise_std is not None and self.noise_std < 0:
-            raise ToughenUsageError(f"noise_std must be >= 0, got {self.noise_std}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ToughenUsageError(f"grad_clip must be > 0 (or unset), got {self.grad_clip}")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise ToughenUsageError(f"patience must be a whole number >= 1 (or unset), got {self.patience!r}")
-        if not 0 < self.guard_ratio < 1:
+        if self.guard_ratio >= 1:
             raise ToughenUsageError(f"guard_ratio must be in (0, 1), got {self.guard_ratio}")
         if self.select not in SELECT_MODES:
             raise ToughenUsageError(f"unknown select {self.select!r}; choose one of: {', '.join(SELECT_MODES)}")
@@ -176,6 +171,8 @@ class TrainConfig:
 def from_known_fields(cls, values: dict[str, Any], message: str):
     """``cls(**values)`` for a config dataclass, refusing keys it does not have with ``message``
     (formatted with ``{unknown}`` and ``{known}``) rather than a TypeError."""
+    if not isinstance(values, dict):
+        raise ToughenUsageError(f"a config is a mapping of keys to values, got {type(values).__name__}: {values!r:.80}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

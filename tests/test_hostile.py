@@ -1,0 +1,199 @@
+"""Hostile input and faults, one row per class of the probe that found them: each command exits
+with the expected code and a one-line message (no traceback), no code from a file runs, and the
+files of the run it touched are unchanged.
+
+Each case gets its own copy of one small trained run (mlp on digits, about a second to train).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import run_cli
+from toughen.runs import RUN_FILES, RunLock, append_jsonl, read_jsonl
+from toughen.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    run = tmp_path_factory.mktemp("pristine") / "run"
+    train(TrainConfig(data="digits", model="mlp", recipe="pgd", eps=0.1, epochs=1, steps=1, eval_steps=1,
+                      val_attack_steps=1, amp=None, channels_last=False), run, progress=False)
+    (run / "audit.json").write_text('{"verdict": "pass"}')  # an old model's audit, which --overwrite must remove
+    return run
+
+
+@pytest.fixture()
+def run(pristine, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(pristine, copy)
+    return copy
+
+
+def _digests(run: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def _cifar_that_runs_code(tmp: Path) -> Path:
+    class RunsCode:
+        def __reduce__(self):
+            return exec, (f"open({str(tmp / 'pwned')!r}, 'w').write('ran')",)
+
+    data = tmp / "cifar"
+    data.mkdir()
+    good = {b"data": np.zeros((20, 3072), dtype=np.uint8), b"labels": list(range(10)) * 2}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (data / name).write_bytes(pickle.dumps({**good, b"x": RunsCode()} if name == "test_batch" else good))
+    (data / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
+    return data
+
+
+def _config(tmp: Path, content) -> str:
+    path = tmp / "cfg.yaml"
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    return str(path)
+
+
+# (id, command with RUN / TMP placeholders or a callable (run, tmp) -> command, exit code, message fragment,
+#  whether the run's files must be unchanged)
+CASES = [
+    ("lr-nan-overwrite", ["train", "--data", "digits", "--lr", "nan", "--overwrite", "--out", "RUN"], 2,
+     "lr must be a number > 0, got nan", True),
+    ("weight-decay-negative", ["train", "--data", "digits", "--weight-decay", "-5", "--overwrite", "--out", "RUN"], 2,
+     "weight_decay must be a number >= 0", True),
+    ("val-size-nan", ["train", "--data", "digits", "--val-size", "nan", "--overwrite", "--out", "RUN"], 2,
+     "val_size must be a number > 0", True),
+    ("epochs-absurd", ["train", "--data", "digits", "--epochs", "100000000", "--overwrite", "--out", "RUN"], 2,
+     "epochs must be a whole number >= 1 and <= 100000", True),
+    ("config-wrong-type", lambda run, tmp: ["train", "--config", _config(tmp, {"epochs": "ten"}), "--overwrite",
+                                            "--out", str(run)], 2, "epochs must be a whole number", True),
+    ("config-a-list", lambda run, tmp: ["train", "--config", _config(tmp, "- 1\n- 2\n"), "--overwrite",
+                                        "--out", str(run)], 2, "a config is a mapping", True),
+    ("config-bad-yaml", lambda run, tmp: ["train", "--config", _config(tmp, "epochs: [1,\n"), "--out", str(tmp / "new")],
+     2, "is not valid YAML", True),
+    ("config-flag-a-list", lambda run, tmp: ["train", "--config", _config(tmp, {"normalize": [1]}), "--overwrite",
+                                             "--out", str(run)], 2, "normalize is true or false", True),
+    ("out-a-file", ["train", "--data", "digits", "--overwrite", "--out", "RUN/summary.json"], 2,
+     "exists and is not a directory", True),
+    ("report-over-summary", ["report", "RUN", "--out", "RUN/summary.json", "--no-gallery"], 2,
+     "is a file of the run", True),
+    ("report-out-a-directory", ["report", "RUN", "--out", "RUN", "--no-gallery"], 2, "is a directory", True),
+    ("eval-step-size-nan", ["eval", "RUN", "--step-size", "nan", "--steps", "2"], 2, "--step-size must be a number", True),
+    ("eval-suite-ignores-steps", ["eval", "RUN", "--suite", "quick", "--steps", "5"], 2,
+     "--suite runs each attack at its own budget", True),
+    ("audit-negative-queries", ["audit", "RUN", "--queries", "-1", "--n", "20"], 2, "n_queries (--queries) must be", True),
+    ("cifar-pickle-runs-code", lambda run, tmp: ["train", "--data", "cifar10", "--data-dir", str(_cifar_that_runs_code(tmp)),
+                                                 "--out", str(tmp / "new")], 2, "it asks to run builtins.exec", True),
+]
+
+
+@pytest.mark.parametrize("case_id, command, code, message, unchanged", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_is_one_line_and_harms_nothing(case_id, command, code, message, unchanged, run, tmp_path, capsys):
+    before = _digests(run)
+    if callable(command):
+        args = command(run, tmp_path)
+    else:
+        args = [a.replace("RUN", str(run)) if "RUN" in a else a for a in command]
+    got, stdout, stderr = run_cli(args, capsys)
+    assert got == code, (stdout, stderr)
+    assert message in " ".join(stderr.split()), stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, "one line, no traceback"
+    assert not (tmp_path / "pwned").exists(), "code from a data file ran"
+    if unchanged:
+        assert _digests(run) == before, "the run's files changed"
+
+
+def test_a_corrupted_model_or_checkpoint_is_a_clear_error(run, capsys):
+    (run / "model.safetensors").write_bytes(b"\x00" * 100)
+    code, _, stderr = run_cli(["eval", str(run), "--steps", "1", "--n", "10"], capsys)
+    assert code == 2 and "corrupted" in stderr and len(stderr.strip().splitlines()) == 1
+    (run / "summary.json").unlink()  # an interrupted run, whose checkpoint is garbage
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, _, stderr = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 2 and "corrupted" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_a_second_writer_is_refused_and_changes_nothing(run, capsys):
+    before = _digests(run)
+    with RunLock(run):  # another process writing this run, as far as the lock can tell
+        code, _, stderr = run_cli(["train", "--data", "digits", "--epochs", "1", "--overwrite", "--out", str(run)],
+                                  capsys)
+    assert code == 2 and "being written by another toughen process" in stderr
+    assert _digests(run) == before
+
+
+def test_overwrite_removes_every_file_the_old_run_left(run, capsys):
+    (run / ".model.safetensors.abc.tmp").write_bytes(b"orphan of a killed write")
+    (run / "notes.txt").write_text("mine")
+    code, _, _ = run_cli(["train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--steps", "1",
+                          "--eval-steps", "1", "--amp", "fp32", "--overwrite", "--out", str(run), "--json"], capsys)
+    assert code == 0
+    assert not (run / "audit.json").exists(), "the old model's audit would stand for the new one"
+    assert not list(run.glob(".*.tmp"))
+    assert (run / "notes.txt").read_text() == "mine"
+    assert {"audit.json", "checkpoint.pt"} <= set(RUN_FILES)
+
+
+def test_a_torn_log_line_is_cut_and_later_lines_are_read(tmp_path):
+    log = tmp_path / "evaluations.jsonl"
+    append_jsonl(log, {"n": 1})
+    with log.open("a") as f:
+        f.write('{"n": 2, "robust_acc')  # a process killed (or a disk full) mid-line
+    append_jsonl(log, {"n": 3})
+    assert log.read_text() == '{"n": 1}\n{"n": 3}\n'  # the fragment is gone, nothing glued onto it
+    with log.open("a") as f:
+        f.write("garbage edited in by hand\n")
+    append_jsonl(log, {"n": 4})
+    with pytest.warns(UserWarning, match="line 3: not a JSON object"):
+        assert [r["n"] for r in read_jsonl(log)] == [1, 3, 4]  # the rows after a bad line are kept
+
+
+def test_text_that_looks_like_markup_prints_as_text(capsys):
+    from toughen.console import print_table
+
+    print_table("run [bold]x[/]", [{"attack": "a [/] b", "robust_accuracy": 0.5}], ("attack", "robust_accuracy"),
+                names=("attack",))
+    assert "a [/] b" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.3), ("l2", 2.0)])
+def test_attacks_take_empty_and_single_example_batches(norm, eps):
+    import torch
+
+    from toughen.attacks import ATTACKS, Attack, list_attacks
+    from toughen.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", (1, 8, 8), 10).eval()
+    for name in list_attacks():
+        for n in (0, 1):
+            x, y = torch.rand(n, 1, 8, 8), torch.randint(0, 10, (n,))
+            options = {"restarts": 2, "early_stop": True} if name == "pgd" else {}
+            x_adv = Attack(name, options)(model, x, y, eps=eps, norm=norm, bounds=(0.0, 1.0), generator=None)
+            assert x_adv.shape == x.shape
+            assert ATTACKS.get(name)
+
+
+def test_inputs_outside_the_bounds_and_nan_step_sizes_are_refused():
+    import torch
+
+    from toughen.attacks import pgd
+    from toughen.errors import ToughenUsageError
+    from toughen.models import build_model
+
+    model = build_model("small_cnn", (1, 8, 8), 10).eval()
+    x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ToughenUsageError, match=r"inside the data bounds \[0, 1\]"):
+        pgd(model, (x - 0.5) / 0.25, y, eps=0.1)  # normalized outside the model
+    with pytest.raises(ToughenUsageError, match="step_size must be a number >= 0, got nan"):
+        pgd(model, x, y, eps=0.1, step_size=float("nan"))
+    with pytest.raises(ToughenUsageError, match="eps must be a finite number"):
+        pgd(model, x, y, eps=float("inf"), norm="l2")
