@@ -197,3 +197,23 @@ def test_inputs_outside_the_bounds_and_nan_step_sizes_are_refused():
         pgd(model, x, y, eps=0.1, step_size=float("nan"))
     with pytest.raises(ToughenUsageError, match="eps must be a finite number"):
         pgd(model, x, y, eps=float("inf"), norm="l2")
+
+
+def test_batchnorm_statistics_move_only_in_train_mode_as_documented():
+    """pgd leaves the model's mode to the caller (documented): in eval mode the running
+    statistics are untouched; in train mode every forward pass of the attack updates them."""
+    import torch
+
+    from toughen.attacks import pgd
+    from toughen.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("preact_resnet18", (3, 8, 8), 10)
+    x, y = torch.rand(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
+    stats = lambda: [b.clone() for n, b in model.named_buffers() if "running_mean" in n]  # noqa: E731
+    before = stats()
+    pgd(model.eval(), x, y, eps=0.1, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, stats()))
+    pgd(model.train(), x, y, eps=0.1, steps=2)
+    assert not all(torch.equal(a, b) for a, b in zip(before, stats()))
+    assert model.training

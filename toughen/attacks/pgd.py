@@ -89,7 +89,10 @@ def pgd(
     sign(grad) for L-inf and grad / ||grad||_2 for L2.
 
     Args:
-        model: maps inputs in ``bounds`` to logits. Its train/eval mode is left as it is.
+        model: maps inputs in ``bounds`` to logits. Its train/eval mode is left as it is: in
+            train mode its BatchNorm layers normalize with batch statistics and update their
+            running statistics on every forward pass of the attack (what PGD training does);
+            call ``model.eval()`` first to attack the model as deployed and leave it unchanged.
         x: inputs, any shape ``(N, ...)``, inside ``bounds``. The result has its device and dtype.
         y: int64 labels, shape ``(N,)``.
         eps: radius of the threat model, in the units of x (e.g. 8/255 or 0.3 for [0, 1] data).

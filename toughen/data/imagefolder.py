@@ -60,7 +60,13 @@ def _decode(path: Path, resize: int | None) -> np.ndarray:
     centre square cut out (the usual ImageNet evaluation transform, keeping the aspect ratio)."""
     from PIL import Image  # Pillow: a dependency of matplotlib, so always installed with toughen
 
-    with Image.open(path) as img:
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # not an image, empty, truncated
+        raise ToughenUsageError(f"{path} is not a readable image ({' '.join(str(e).split())}); "
+                                "remove it or replace it") from None
+    with img:
         img = img.convert("RGB")
         if resize is not None:
             w, h = img.size

@@ -80,7 +80,14 @@ def stratified_split(y: np.ndarray, size: int | float, seed: int) -> tuple[np.nd
     sorted by class, and then the first N test examples (``--n``) would hold only zeros and ones.
     """
     idx = np.arange(len(y))
-    keep, held = train_test_split(idx, test_size=size, random_state=seed, stratify=y)
+    try:
+        keep, held = train_test_split(idx, test_size=size, random_state=seed, stratify=y)
+    except ValueError as e:  # a class with one example, or fewer held-out examples than classes
+        counts = np.bincount(y)
+        raise ToughenUsageError(
+            f"cannot hold out a validation split of {size} with every class in it ({' '.join(str(e).split())}); "
+            f"the smallest class has {counts[counts > 0].min()} training examples: add examples or change --val-size"
+        ) from None
     return keep, held
 
 
@@ -114,6 +121,9 @@ def load_data(
         raise ToughenUsageError(f"val_size must be a count >= 1 or a fraction in (0, 1), got {val_size}")
     data = loader(Path(data_dir) if data_dir is not None else None, download, **options)
     n_classes = data.num_classes
+    if len(data.y_train.unique()) < 2:
+        raise ToughenUsageError(f"{name}'s training split has {len(data.y_train.unique())} class; a classifier "
+                                "needs examples of at least two")
     size = int(val_size) if val_size >= 1 else float(val_size)
     if isinstance(size, int) and not n_classes <= size < len(data.y_train):
         raise ToughenUsageError(
