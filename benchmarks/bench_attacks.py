@@ -306,12 +306,14 @@ def main() -> None:
         results["models"][data] = {"label": label, "n": n, "cells": cells}
     info["load_average_1min_end"] = common.load_average()
     results["goals"] = goals(results)
-    path = common.write_json("attacks" if not args.quick else "attacks-quick", results)
+    # A run under ONEDNN_MAX_CPU_ISA stands for another CPU: its own JSON and docs section
+    key = "attacks" + (f"-{info['isa_cap']}" if info.get("isa_cap") else "")
+    path = common.write_json(key if not args.quick else f"{key}-quick", results)
     md = markdown(results, names)
     print("\n" + md)
     print(f"\nwrote {path}")
     if not args.no_doc and not args.quick:
-        common.write_section("attacks", md)
+        common.write_section(key, md)
 
 
 def profile(run: str, n: int, names: list[str], steps: int = 10, reps: int = 3) -> None:
@@ -384,7 +386,9 @@ def goals(results: dict) -> list[dict]:
 
 
 def markdown(results: dict, names: list[str]) -> str:
-    parts = ["## Attack speed and strength (`benchmarks/bench_attacks.py`)", "",
+    cap = results["machine"].get("isa_cap")
+    parts = ["## Attack speed and strength (`benchmarks/bench_attacks.py`)"
+             + (f", oneDNN capped at {cap}" if cap else ""), "",
              common.machine_line(results["machine"]), "",
              "Same model, same batch and one uniform random start in the eps-ball for every contender; "
              "step size 2.5 eps / steps; contenders alternate round-robin. Each cell: median seconds of the "

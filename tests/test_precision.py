@@ -41,11 +41,11 @@ def test_explicit_choices_are_kept_without_timing(monkeypatch):
 
 @pytest.mark.parametrize("ms, expected", [
     # bf16 channels-last is fastest by far: taken
-    ({"fp32": 100, "fp32 channels-last": 60, "bf16": 50, "bf16 channels-last": 30}, ("bf16", True)),
+    ({"fp32": 100, "fp32+CL": 60, "bf16": 50, "bf16+CL": 30}, ("bf16", True)),
     # bf16 slower than fp32 (a CPU without AMX): fp32 channels-last
-    ({"fp32": 100, "fp32 channels-last": 60, "bf16": 130, "bf16 channels-last": 110}, (None, True)),
+    ({"fp32": 100, "fp32+CL": 60, "bf16": 130, "bf16+CL": 110}, (None, True)),
     # nothing beats fp32 contiguous by the margin: fp32 contiguous, never a guess that may be slower
-    ({"fp32": 100, "fp32 channels-last": round(100 / (1 + PROBE_MARGIN) + 0.5, 2), "bf16": 99, "bf16 channels-last": 98},
+    ({"fp32": 100, "fp32+CL": round(100 / (1 + PROBE_MARGIN) + 0.5, 2), "bf16": 99, "bf16+CL": 98},
      (None, False)),
 ])
 def test_auto_takes_the_fastest_only_when_it_wins_by_the_margin(monkeypatch, ms, expected):

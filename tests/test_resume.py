@@ -187,7 +187,7 @@ def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path):
     assert recorded["chosen_by"] == "measured" and recorded["label"] in recorded["timings_ms"]
     # A record the probe would not produce here (fp32 wins no probe by 10x), to see which one is used.
     doc["precision"] = {**recorded, "amp": None, "channels_last": False, "label": "fp32",
-                        "timings_ms": {"fp32": 1.0, "fp32 channels-last": 10.0}}
+                        "timings_ms": {"fp32": 1.0, "fp32+CL": 10.0}}
     (run / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     summary = train(cfg, run, progress=False, resume=True)
     assert summary["precision"] == doc["precision"]

@@ -410,13 +410,15 @@ def demo(
     for name, cfg in runs.items():
         err.print(f"[bold]training[/] {name} ({cfg.epochs} epochs)")
         summary = run_train(cfg, out_dir / name, overwrite=overwrite, progress=True)
-        for attack, options in [("fgsm", {}), ("pgd", {"steps": 100, "step_size": 0.01})]:
+        for label, attack, options in [("FGSM", "fgsm", {}), ("PGD-100", "pgd", {"steps": 100, "step_size": 0.01})]:
             result = _evaluate_run(out_dir / name, attack, None, None, options.get("steps", 20),
                                    str(options["step_size"]) if "step_size" in options else None, 1, "ce",
                                    None, 0, "cpu", progress=True)
-            rows.append({"recipe": name, "train_seconds": summary["train_seconds"], **result,
+            # short names, so that the numbers fit an 80-column terminal; the run's evaluations.jsonl has the full ones
+            rows.append({"recipe": name, "train_seconds": summary["train_seconds"], **result, "attack": label,
                          "precision": summary["precision"]})  # the training's; evaluation runs in fp32
-    _print_table(f"demo: small_cnn on mnist5k, eps = 0.3 (L-inf), {rows[0]['n']} test digits", rows)
+    _print_table(f"demo: small_cnn on mnist5k, eps = 0.3 (L-inf), {rows[0]['n']} test digits; PGD-100 with step "
+                 "0.01; training precision chosen by measurement", rows)
 
 
 @app.command("demo-text")
@@ -518,11 +520,11 @@ def sweep(
 # ----------------------------------------------------------------------------- output
 
 def _print_table(title: str, rows: list[dict]) -> None:
-    # a summary's or an evaluation's precision record shows as its label: "bf16 channels-last"
+    # a summary's or an evaluation's precision record shows as its label: "bf16+CL" (CL: channels-last)
     rows = [{**r, "precision": r["precision"]["label"]} if isinstance(r.get("precision"), dict) else r for r in rows]
     print_table(title, rows, ("run", "recipe", "lam", "beta", "attack", "robust_attack", "eps", "precision",
                               "clean_accuracy", "robust_accuracy", "n", "n_test", "train_seconds", "seconds", "status"),
-                names=("run", "recipe", "attack", "status", "precision"), short=("eps", "lam", "beta"), missing="—")
+                names=("run", "recipe", "attack", "status"), short=("eps", "lam", "beta"), missing="—")
 
 
 def main() -> None:

@@ -33,19 +33,29 @@ def print_table(title: str, rows: list[dict], columns: tuple[str, ...], *, names
     # Text, not str: a run path or a text example may hold "[/]", which rich would read as markup
     table = Table(title=Text(title))
     shown = [c for c in columns if any(c in r for r in rows)]
-    for c in shown:
-        table.add_column(c.replace("_", " "), justify="left" if c in names else "right", no_wrap=c in names)
-    for r in rows:
-        cells = []
-        for c in shown:
-            v = r.get(c, "")
-            if missing is not None and (v == "" or v is None):
-                cells.append(missing)
-            elif c.endswith(("accuracy", "rate")):
-                cells.append(f"{100 * v:.1f}%")
-            elif isinstance(v, float):
-                cells.append(f"{v:.3g}" if c in short else f"{v:.1f}")
-            else:
-                cells.append(str(v))
+    body = [_cells(r, shown, short, missing) for r in rows]
+    for i, c in enumerate(shown):
+        # a number is never cut ("97.…" says nothing): its column is as wide as its widest cell,
+        # and the header wraps instead; other text (not a name) may wrap
+        number = all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows)
+        table.add_column(c.replace("_", " "), justify="right" if number else "left", no_wrap=c in names,
+                         min_width=max(len(row[i]) for row in body) if number and body else None)
+    for cells in body:
         table.add_row(*(Text(c) for c in cells))
     out.print(table)
+
+
+def _cells(r: dict, shown: list[str], short: tuple[str, ...], missing: str | None) -> list[str]:
+    """One row's cells as print_table shows them."""
+    cells = []
+    for c in shown:
+        v = r.get(c, "")
+        if missing is not None and (v == "" or v is None):
+            cells.append(missing)
+        elif c.endswith(("accuracy", "rate")):
+            cells.append(f"{100 * v:.1f}%")
+        elif isinstance(v, float):
+            cells.append(f"{v:.3g}" if c in short else f"{v:.1f}")
+        else:
+            cells.append(str(v))
+    return cells

@@ -125,7 +125,8 @@ class Precision:
 
 
 def _label(amp: str | None, channels_last: bool) -> str:
-    return (amp or "fp32") + (" channels-last" if channels_last else "")
+    """"fp32", "bf16+CL" (CL: the channels-last memory layout), as the benchmarks name them."""
+    return (amp or "fp32") + ("+CL" if channels_last else "")
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -175,8 +175,9 @@ def pgd(
             return (xs + delta).detach()
         # The last iterate is a candidate too, but only for examples not fooled yet: a fooled
         # example keeps its fooling input, and the forward pass shrinks to the ones still robust
-        # (on a model PGD breaks, most of it is saved).
-        open_ = ~worst.success[idx]
+        # (on a model PGD breaks, most of it is saved). Not in train mode, where BatchNorm's batch
+        # statistics would come from another batch than the steps' (or fail on a batch of one).
+        open_ = ~worst.success[idx] if not model.training else torch.ones_like(worst.success[idx])
         if open_.any():
             x_last, y_last = (xs + delta)[open_], ys[open_]
             t_last = ts[open_] if ts is not None else None
