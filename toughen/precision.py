@@ -8,6 +8,11 @@ put an input on the wrong side of the decision boundary, so an attack that count
 low-precision logits would report robust accuracy too low. Every attack here therefore decides
 who is fooled with :func:`confirm_fooled`: the candidates the low-precision pass calls fooled are
 re-run in the model's own precision, and only those that are still fooled count.
+
+Which precision is fastest depends on the machine: bf16 is 3-4x faster than fp32 on CPUs with
+AMX, about 2x on some without (AMD EPYC with AVX512-BF16), slower on others (Intel Xeon without
+AMX), and emulated where there are no bf16 instructions. :func:`choose_precision` ("auto")
+therefore times the candidates on the real model and batch instead of guessing.
 """
 
 from __future__ import annotations
@@ -173,6 +178,10 @@ def choose_precision(
 
     The model is left as it was: its memory format, buffers (BatchNorm statistics), mode and
     parameter gradients are restored, and the global random state is not consumed.
+
+    Example:
+        >>> choice = choose_precision(model, x[:128], y[:128])
+        >>> choice.label, choice.timings_ms   # e.g. "bf16+CL", {"fp32": 52.7, ..., "bf16+CL": 24.7}
     """
     check_amp(amp, allow_auto=True)
     if channels_last not in (True, False, AUTO):
