@@ -217,3 +217,27 @@ def test_batchnorm_statistics_move_only_in_train_mode_as_documented():
     pgd(model.train(), x, y, eps=0.1, steps=2)
     assert not all(torch.equal(a, b) for a, b in zip(before, stats()))
     assert model.training
+
+
+@pytest.mark.parametrize("wrap", [lambda z: (z, z), lambda z: {"logits": z}])
+def test_a_model_that_does_not_return_a_logits_tensor_is_refused_clearly(wrap):
+    import torch
+
+    import toughen
+    from toughen.errors import ToughenUsageError
+    from toughen.evaluation import clean_correct
+    from toughen.models import build_model
+
+    class Wrapped(torch.nn.Module):  # e.g. a Hugging Face classifier: a ModelOutput, not a tensor
+        def __init__(self):
+            super().__init__()
+            self.net = build_model("small_cnn", (1, 8, 8), 10)
+
+        def forward(self, x):
+            return wrap(self.net(x))
+
+    model = Wrapped().eval()
+    x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    for call in (lambda: clean_correct(model, x, y), lambda: toughen.evaluate(model, x, y, suite="quick", eps=0.1)):
+        with pytest.raises(ToughenUsageError, match="not a tensor of logits; toughen needs forward"):
+            call()

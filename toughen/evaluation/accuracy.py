@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from toughen.attacks.losses import check_logits
+
 
 def _batches(n: int, batch_size: int):
     for start in range(0, n, batch_size):
@@ -22,7 +24,8 @@ def _batches(n: int, batch_size: int):
 def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Per-example bool: the model classifies the clean input correctly."""
     device = next(model.parameters()).device
-    out = [model(x[s].to(device)).argmax(1).cpu() == y[s] for s in _batches(len(x), batch_size)]
+    out = [check_logits(model(x[s].to(device)), s.stop - s.start).argmax(1).cpu() == y[s]
+           for s in _batches(len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 

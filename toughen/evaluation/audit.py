@@ -23,6 +23,7 @@ from torch import nn
 
 from toughen import threat
 from toughen.attacks import Attack
+from toughen.attacks.losses import check_logits
 from toughen.errors import ToughenUsageError, check_number
 from toughen.evaluation.suite import _device, evaluate
 
@@ -116,7 +117,7 @@ def audit(
 
     # -- outputs: deterministic, logits -------------------------------------------------------
     with torch.no_grad():
-        checks += output_checks(model(x), model(x))
+        checks += output_checks(check_logits(model(x), n), check_logits(model(x), n))
 
     # -- gradients: finite, non-zero, softmax not saturated ----------------------------------------
     gen = torch.Generator(device=device).manual_seed(seed)

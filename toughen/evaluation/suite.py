@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from toughen import threat
 from toughen.attacks import ATTACKS, Attack
+from toughen.attacks.losses import check_logits
 from toughen.errors import ToughenUsageError
 from toughen.precision import Precision, channels_last, check_amp, choose_precision
 
@@ -207,7 +208,7 @@ def evaluate(
                    _key(model, x, y, labels, eps, norm, bounds, seed, batch_size) if state_file is not None else "")
 
     with torch.no_grad():
-        clean = torch.cat([model(x[s].to(device)).argmax(1).cpu() == y[s].cpu()
+        clean = torch.cat([check_logits(model(x[s].to(device)), len(x[s])).argmax(1).cpu() == y[s].cpu()
                            for s in (slice(i, i + batch_size) for i in range(0, len(x), batch_size))])
     robust = clean.clone()
     per_attack: list[dict[str, Any]] = list(state.data.get("per_attack", []))
