@@ -145,17 +145,26 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def prepare_run_dir(out: str | Path, overwrite: bool) -> Path:
-    """Create ``out``; refuse a non-empty one unless ``overwrite``, which then removes only
-    toughen's own files, every one an earlier run left (anything else the user put there stays).
-    Call it while holding the directory's :class:`RunLock`, so two writers never mix."""
-    out = check_out_dir(out, overwrite)
-    if out.is_dir():
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        remove_temporary_files(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def open_run_dir(out: str | Path, overwrite: bool, resume: bool = False) -> "RunLock":
+    """Take ``out`` for writing a run, and return its :class:`RunLock` (release it when done).
+
+    A new run: ``out`` is checked (:func:`check_out_dir`) before the lock file is made, so a
+    refused directory is left as it was; then, under the lock, ``overwrite`` removes toughen's
+    own files, every one an earlier run left (anything else the user put there stays). A resumed
+    run keeps its files but loses the temporary ones a killed process left."""
+    if not resume:
+        check_out_dir(out, overwrite)
+    lock = RunLock(out)
+    try:
+        if not resume:
+            check_out_dir(out, overwrite)  # again, under the lock: another writer may have finished meanwhile
+            for name in RUN_FILES:
+                (lock.run_dir / name).unlink(missing_ok=True)
+        remove_temporary_files(lock.run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def remove_temporary_files(run_dir: Path) -> None:
@@ -174,7 +183,7 @@ class RunLock:
     def __init__(self, run_dir: str | Path):
         import fcntl
 
-        run_dir = Path(run_dir)
+        self.run_dir = run_dir = Path(run_dir)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.path = run_dir / LOCK_FILE

@@ -25,8 +25,8 @@ import toughen
 from toughen import threat
 from toughen.errors import ToughenUsageError
 from toughen.runs import (
-    RunLock, append_jsonl, atomic_write_text, check_out_dir, git_revision, load_weights, prepare_run_dir, read_config,
-    run_weights, save_weights, write_json,
+    append_jsonl, atomic_write_text, check_out_dir, git_revision, load_weights, open_run_dir, read_config, run_weights,
+    save_weights, write_json,
 )
 from toughen.text.attacks import DISCRETE, TEXT_ATTACKS
 from toughen.text.data import TextSplits, is_text_data, load_text_data
@@ -193,8 +193,8 @@ def train_text(cfg: TextTrainConfig, out: str | Path, *, overwrite: bool = False
     dev = check_device(device)
     check_out_dir(out, overwrite)  # before the data is loaded: a bad --out fails fast
     splits = load_text_data(cfg.data, cfg.text_column, cfg.label_column, cfg.val_size)
-    with RunLock(out):  # one writer at a time; taken before --overwrite removes anything
-        run_dir = prepare_run_dir(out, overwrite)
+    with open_run_dir(out, overwrite):  # one writer at a time; taken before --overwrite removes anything
+        run_dir = Path(out)
         torch.manual_seed(cfg.seed)
         model = build_text_model(cfg.model, splits.num_classes, **cfg.model_options).to(dev)
         config_doc = {

@@ -23,8 +23,7 @@ from toughen.evaluation import attack_correct, clean_correct
 from toughen.models import build_model
 from toughen.errors import ToughenUsageError
 from toughen.runs import (
-    RunLock, atomic_write_text, check_out_dir, git_revision, prepare_run_dir, read_config, remove_temporary_files,
-    save_weights, write_json,
+    RunLock, atomic_write_text, check_out_dir, git_revision, open_run_dir, read_config, save_weights, write_json,
 )
 from toughen.train.config import TrainConfig
 from toughen.train.distributed import Dist, setup as setup_distributed
@@ -149,22 +148,14 @@ def train(
 
 
 def _open_run_dir(dist: Dist, out: str | Path, overwrite: bool, resume: bool) -> tuple[Path, RunLock | None]:
-    """Rank 0 takes the run directory's lock (a second writer is refused), then prepares ``out``
-    (or, on resume, removes the temporary files a killed run left); its refusal is every rank's
-    error. Returns the directory and rank 0's lock, to release when the run is written."""
+    """Rank 0 takes the run directory (:func:`toughen.runs.open_run_dir`: the lock, then the clean
+    up); its refusal is every rank's error. Returns the directory and rank 0's lock, to release
+    when the run is written."""
     error, lock = None, None
     if dist.is_main:
         try:
-            if not resume:
-                check_out_dir(out, overwrite)  # again: the lock file must not land in a directory refused
-            lock = RunLock(out)
-            if resume:
-                remove_temporary_files(Path(out))
-            else:
-                prepare_run_dir(out, overwrite)
+            lock = open_run_dir(out, overwrite, resume)
         except ToughenUsageError as e:
-            if lock is not None:
-                lock.release()
             error = str(e)
     error = dist.broadcast(error)
     if error is not None:
