@@ -33,10 +33,16 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def check_amp(amp: str | None, allow_auto: bool = True) -> None:
     """``amp`` is None (fp32), "bf16", "fp16", or (where ``allow_auto``) "auto"."""
-    if amp is None or amp in AMP_DTYPES or (allow_auto and amp == "auto"):
+    if amp is None or (isinstance(amp, str) and (amp in AMP_DTYPES or (allow_auto and amp == "auto"))):
         return
     choices = "auto, bf16 or fp16" if allow_auto else "bf16 or fp16"
     raise ToughenUsageError(f"unknown amp {amp!r}; choose {choices} (or None for fp32)")
+
+
+def check_channels_last(value) -> None:
+    """``value`` is True, False or "auto"."""
+    if value not in (True, False, "auto"):
+        raise ToughenUsageError(f"channels_last is true, false or auto, got {value!r}")
 
 
 def parse_amp(text: str) -> str | None:
@@ -184,8 +190,7 @@ def choose_precision(
         >>> choice.label, choice.timings_ms   # e.g. "bf16+CL", {"fp32": 52.7, ..., "bf16+CL": 24.7}
     """
     check_amp(amp, allow_auto=True)
-    if channels_last not in (True, False, AUTO):
-        raise ToughenUsageError(f"channels_last is true, false or 'auto', got {channels_last!r}")
+    check_channels_last(channels_last)
     device = x.device
     image = x.dim() == 4 and any(p.dim() == 4 for p in model.parameters())
     layouts = [False, True] if channels_last == AUTO and image else [bool(channels_last) and image]

@@ -8,6 +8,7 @@ from typing import Any
 
 from toughen import threat
 from toughen.errors import ToughenUsageError, check_number
+from toughen.precision import check_amp, check_channels_last
 
 OPTIMIZERS = ("sgd", "adam")
 # Every numeric field: its range (toughen.errors.check_number), checked before anything is
@@ -116,10 +117,8 @@ class TrainConfig:
             raise ToughenUsageError(
                 f"unknown lr_schedule {self.lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}"
             )
-        if self.amp not in (None, "auto", "bf16", "fp16"):
-            raise ToughenUsageError(f"unknown amp {self.amp!r}; choose auto, bf16 or fp16 (or null for fp32)")
-        if self.channels_last not in (True, False, "auto"):
-            raise ToughenUsageError(f"channels_last is true, false or auto, got {self.channels_last!r}")
+        check_amp(self.amp)
+        check_channels_last(self.channels_last)
         self._validate_new_fields()
         if not isinstance(self.compile, bool):
             raise ToughenUsageError(f"compile is true or false, got {self.compile!r}")
