@@ -238,6 +238,103 @@ def test_a_model_that_does_not_return_a_logits_tensor_is_refused_clearly(wrap):
 
     model = Wrapped().eval()
     x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
-    for call in (lambda: clean_correct(model, x, y), lambda: toughen.evaluate(model, x, y, suite="quick", eps=0.1)):
+    calls = [lambda: clean_correct(model, x, y), lambda: toughen.evaluate(model, x, y, suite="quick", eps=0.1),
+             lambda: toughen.pgd(model, x, y, eps=0.1, steps=2, amp="auto"),  # the precision probe, too
+             lambda: toughen.pgd(model, x, y, eps=0.1, steps=0),  # no step: the last-iterate pass
+             lambda: toughen.fgsm(model, x, y, eps=0.1, norm="l2"),
+             lambda: toughen.attacks.apgd(model, x, y, eps=0.1, steps=2, loss="dlr"),
+             lambda: toughen.attacks.square(model, x, y, eps=0.1, n_queries=2)]
+    for call in calls:
         with pytest.raises(ToughenUsageError, match="not a tensor of logits; toughen needs forward"):
             call()
+
+
+def _fail_writes_under(monkeypatch, directory: Path, error: int, short_write_to: str | None = None):
+    """Make ``directory`` behave as if it were on a full (ENOSPC) or read-only (EROFS) file system:
+    opening a file there for writing fails with ``error``. With ``short_write_to``, opening works
+    but a write to that file lands only its first half (what a full disk does to a long write)."""
+    import errno as errno_
+    import os
+
+    real_open, real_write = os.open, os.write
+    directory = str(directory.resolve())
+
+    def fake_open(path, flags, *args, **kwargs):
+        writes = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        if writes and str(Path(path).resolve()).startswith(directory) and short_write_to is None:
+            raise OSError(error, os.strerror(error), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_write(fd, data):
+        if short_write_to is not None and os.readlink(f"/proc/self/fd/{fd}").endswith(short_write_to):
+            return real_write(fd, bytes(data)[: len(data) // 2])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "write", fake_write)
+    assert error in (errno_.ENOSPC, errno_.EROFS)
+
+
+def test_a_full_disk_leaves_the_evaluation_log_whole(run, capsys, monkeypatch):
+    import errno
+
+    record = run / "evaluations.jsonl"
+    code, _, _ = run_cli(["eval", str(run), "--steps", "1", "--n", "10", "--amp", "fp32", "--json"], capsys)
+    assert code == 0
+    before = record.read_bytes()
+    _fail_writes_under(monkeypatch, run, errno.ENOSPC, short_write_to="evaluations.jsonl")
+    code, _, stderr = run_cli(["eval", str(run), "--steps", "1", "--n", "10", "--amp", "fp32", "--json"], capsys)
+    monkeypatch.undo()
+    assert code == 1 and "the disk is full" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert record.read_bytes() == before, "the half-written line was not taken back"
+    code, _, _ = run_cli(["eval", str(run), "--steps", "1", "--n", "10", "--amp", "fp32", "--json"], capsys)
+    assert code == 0 and len(read_jsonl(record)) == 2
+
+
+def test_a_read_only_output_is_refused_and_harms_nothing(run, capsys, monkeypatch):
+    import errno
+
+    before = _digests(run)
+    _fail_writes_under(monkeypatch, run, errno.EROFS)
+    code, _, stderr = run_cli(["train", "--data", "digits", "--epochs", "1", "--overwrite", "--out", str(run)], capsys)
+    assert code == 2 and "cannot write to" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    code, _, stderr = run_cli(["eval", str(run), "--steps", "1", "--n", "10", "--amp", "fp32", "--json"], capsys)
+    assert code == 1 and "read-only" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    monkeypatch.undo()
+    assert _digests(run) == before
+
+
+def test_a_writer_in_another_process_is_refused(run, capsys):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from toughen.runs import RunLock; "
+                               "lock = RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _digests(run)
+        code, _, stderr = run_cli(["train", "--data", "digits", "--epochs", "1", "--overwrite", "--out", str(run)],
+                                  capsys)
+        assert code == 2 and f"another toughen process (pid {holder.pid})" in stderr
+        assert _digests(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, _ = run_cli(["train", "--data", "digits", "--model", "mlp", "--epochs", "1", "--steps", "1",
+                          "--eval-steps", "1", "--amp", "fp32", "--overwrite", "--out", str(run), "--json"], capsys)
+    assert code == 0, "a killed owner leaves no lock behind"
+
+
+def test_a_sweep_directory_has_one_writer_and_a_corrupted_plan_is_a_clear_error(tmp_path):
+    from toughen.errors import ToughenUsageError
+    from toughen.sweep import PLAN_FILE, run_sweep
+
+    out = tmp_path / "sweep"
+    with RunLock(out):
+        with pytest.raises(ToughenUsageError, match="being written by another toughen process"):
+            run_sweep("eps=0.1,0.2", {"data": "digits"}, out)
+    (out / PLAN_FILE).write_text('{"grid": ')
+    with pytest.raises(ToughenUsageError, match="is corrupted; move it away"):
+        run_sweep("eps=0.1,0.2", {"data": "digits"}, out)
+    assert (out / PLAN_FILE).read_text() == '{"grid": '

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from toughen.errors import ToughenUsageError
+from toughen.logits import logits_of
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -93,7 +94,7 @@ def confirm_fooled(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, targe
     if not fooled.any():
         return fooled
     with torch.no_grad(), full_precision(x_adv):
-        pred = model(x_adv[fooled]).argmax(1)
+        pred = logits_of(model, x_adv[fooled]).argmax(1)
     fooled[fooled.clone()] = pred != y[fooled] if target is None else pred == target[fooled]
     return fooled
 
@@ -249,7 +250,7 @@ def _timed_pass(model, x, y, candidate, parameters) -> float:
     _sync(x.device)
     start = time.perf_counter()
     with torch.enable_grad(), autocast_for(x, amp):
-        loss = nn.functional.cross_entropy(model(xs).float(), y)
+        loss = nn.functional.cross_entropy(logits_of(model, xs).float(), y)
     torch.autograd.grad(loss, wrt)
     _sync(x.device)
     return time.perf_counter() - start

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from toughen.errors import ToughenUsageError
 from toughen.report.collect import fmt_number
 from toughen.train.recipes import RECIPE_PARAMETERS, recipe_parameters
-from toughen.runs import write_json
+from toughen.runs import LOCK_FILE, RunLock, write_json
 
 PLAN_FILE = "sweep.json"
 
@@ -111,7 +111,7 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Train every point of the grid not yet finished under ``out``; write ``out/report.html``;
     return one row per point (its values and test accuracies)."""
-    from toughen.train import TrainConfig, TrainingDiverged, train
+    from toughen.train import TrainConfig
 
     log = log or (lambda message: None)
     grid = parse_grid(grid_text)
@@ -122,38 +122,65 @@ def run_sweep(
     configs = [TrainConfig.from_dict({**base, **p["values"]}).validate() for p in points]  # all, before any training
 
     out = Path(out)
-    plan_doc = {"grid": grid, "base": base, "points": points}
+    if out.exists() and not out.is_dir():
+        raise ToughenUsageError(f"--out {out} exists and is not a directory; choose another")
+    with RunLock(out):  # one sweep writes a directory at a time; each point's run has its own lock too
+        _check_sweep_dir(out, base, points)
+        write_json(out / PLAN_FILE, {"grid": grid, "base": base, "points": points})
+        rows = [_run_point(out, point, cfg, f"[{i}/{len(points)}]", log, progress, device)
+                for i, (point, cfg) in enumerate(zip(points, configs), 1)]
+        if report:
+            from toughen.report import build_report
+
+            path = build_report([out], out / "report.html", device=device)
+            log(f"report: {path}")
+    return rows
+
+
+def _check_sweep_dir(out: Path, base: dict[str, Any], points: list[dict[str, Any]]) -> None:
+    """Refuse an ``out`` that holds something other than this sweep (checked under the lock)."""
     plan_path = out / PLAN_FILE
     if plan_path.is_file():
-        previous = json.loads(plan_path.read_text())
-        if {k: previous.get(k) for k in ("base", "points")} != json.loads(json.dumps({"base": base, "points": points})):
+        try:
+            previous = json.loads(plan_path.read_text())
+        except ValueError:
+            raise ToughenUsageError(f"{plan_path} is corrupted; move it away to start the sweep afresh") from None
+        same = isinstance(previous, dict) and \
+            {k: previous.get(k) for k in ("base", "points")} == json.loads(json.dumps({"base": base, "points": points}))
+        if not same:
             raise ToughenUsageError(f"{out} holds a different sweep (see {plan_path}); resume it with the same "
                                     "--grid and options, or choose another --out")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif any(p.name != LOCK_FILE for p in out.iterdir()):
         raise ToughenUsageError(f"--out {out} exists and is not an empty directory nor a sweep; choose another")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(plan_path, plan_doc)
 
-    rows = []
-    for i, (point, cfg) in enumerate(zip(points, configs), 1):
-        run_dir = out / point["name"]
-        summary_path = run_dir / "summary.json"
-        if summary_path.is_file():
-            log(f"[{i}/{len(points)}] {point['name']}: finished earlier, kept")
-            summary, status = json.loads(summary_path.read_text()), "kept"
-        else:
-            log(f"[{i}/{len(points)}] {point['name']}: training")
-            try:
-                summary, status = train(cfg, run_dir, overwrite=True, progress=progress, device=device), "trained"
-            except TrainingDiverged as e:
-                log(f"[{i}/{len(points)}] {point['name']}: diverged: {e}")
-                summary, status = {}, "diverged"
-        rows.append({"run": point["name"], **point["values"], **{k: summary[k] for k in
-                     ("eps", "clean_accuracy", "robust_accuracy", "robust_attack", "train_seconds") if k in summary},
-                     "status": status})
-    if report:
-        from toughen.report import build_report
 
-        path = build_report([out], out / "report.html", device=device)
-        log(f"report: {path}")
-    return rows
+def _run_point(out: Path, point: dict[str, Any], cfg, tag: str, log: Callable[[str], None], progress: bool,
+               device: str) -> dict[str, Any]:
+    """Train one point of the grid unless it finished earlier; its row of the sweep's table."""
+    from toughen.train import TrainingDiverged, train
+
+    run_dir = out / point["name"]
+    summary = _finished_summary(run_dir / "summary.json")
+    if summary is not None:
+        log(f"{tag} {point['name']}: finished earlier, kept")
+        status = "kept"
+    else:
+        log(f"{tag} {point['name']}: training")
+        try:
+            summary, status = train(cfg, run_dir, overwrite=True, progress=progress, device=device), "trained"
+        except TrainingDiverged as e:
+            log(f"{tag} {point['name']}: diverged: {e}")
+            summary, status = {}, "diverged"
+    return {"run": point["name"], **point["values"], **{k: summary[k] for k in
+            ("eps", "clean_accuracy", "robust_accuracy", "robust_attack", "train_seconds") if k in summary},
+            "status": status}
+
+
+def _finished_summary(path: Path) -> dict[str, Any] | None:
+    """A finished point's summary; None if it has none, or one that a crash or a hand left
+    unreadable (the point is then trained again)."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None

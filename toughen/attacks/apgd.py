@@ -25,6 +25,7 @@ from torch import nn
 from toughen import threat
 from toughen.attacks.pgd import _check_inputs
 from toughen.errors import ToughenUsageError
+from toughen.logits import logits_of
 from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
 
 APGD_LOSSES = ("ce", "dlr")
@@ -96,7 +97,7 @@ def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss_of, bounds, ge
     def value_and_grad(xs, ys, ts, d):
         d = d.detach().requires_grad_(True)
         with torch.enable_grad(), autocast_for(xs, amp):
-            logits = model(xs + d)
+            logits = logits_of(model, xs + d)
             value = loss_of(logits, ys, ts)
             (g,) = torch.autograd.grad(value.sum(), d)
         wrong = logits.detach().argmax(1) != ys
@@ -220,7 +221,7 @@ def apgd(
     x = x.detach()
     out = x.clone()
     with torch.no_grad():
-        logits = model(x)
+        logits = logits_of(model, x)
     fooled = logits.argmax(1) != y  # already wrong: the clean input is its own adversarial example
     if n_target_classes:
         ranked = logits.float().scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
@@ -239,7 +240,7 @@ def apgd(
                                      loss_of=loss_fn, bounds=bounds, generator=generator, amp=amp)
             # Among runs that did not fool, keep the input of highest untargeted loss.
             with torch.no_grad():
-                v = loss_fn(model(x_run), y[todo], None).float()
+                v = loss_fn(logits_of(model, x_run), y[todo], None).float()
             take = f_run | (v > best_value[todo])
             best_value[todo[take]] = v[take]
             out[todo[take]] = x_run[take]

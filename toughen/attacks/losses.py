@@ -12,22 +12,6 @@ from toughen.errors import ToughenUsageError
 LOSSES = ("ce", "margin")
 
 
-def check_logits(output, batch: int) -> torch.Tensor:
-    """``output`` if it is what toughen needs from a model, a (batch, classes) tensor of logits;
-    else a clear error. A model that returns a tuple, a dict or a Hugging Face ModelOutput is
-    refused rather than guessed at: which element holds the logits is the model's business."""
-    if not isinstance(output, torch.Tensor):
-        raise ToughenUsageError(
-            f"the model returned a {type(output).__name__}, not a tensor of logits; toughen needs forward(x) -> "
-            "logits of shape (N, classes): wrap it in a module whose forward returns them (e.g. output[0] or "
-            "output['logits'])"
-        )
-    if output.dim() != 2 or len(output) != batch:
-        raise ToughenUsageError(f"the model returned shape {tuple(output.shape)} for {batch} inputs; toughen needs "
-                                f"logits of shape ({batch}, classes)")
-    return output
-
-
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Carlini-Wagner margin max_{j != y} z_j - z_y: positive exactly when y is not the top class."""
     true = logits.gather(1, y[:, None]).squeeze(1)

@@ -8,6 +8,7 @@ from torch import nn
 from toughen import threat
 from toughen.attacks.losses import is_successful, objective
 from toughen.errors import ToughenUsageError, check_number
+from toughen.logits import logits_of
 from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
 
 
@@ -153,7 +154,7 @@ def pgd(
         for _ in range(steps):
             delta.requires_grad_(True)
             with torch.enable_grad(), autocast_for(x, amp):
-                logits = model(xs + delta)
+                logits = logits_of(model, xs + delta)
                 value = value_of(logits)
                 # Gradient with respect to delta only: nothing accumulates on the parameters.
                 (grad,) = torch.autograd.grad(value.sum(), delta)
@@ -182,7 +183,7 @@ def pgd(
             x_last, y_last = (xs + delta)[open_], ys[open_]
             t_last = ts[open_] if ts is not None else None
             with torch.no_grad(), autocast_for(x, amp):
-                logits = model(x_last)
+                logits = logits_of(model, x_last)
                 value = objective(loss, y_last, t_last)(logits)
             _offer(worst, model, idx[open_], x_last, y_last, t_last, logits, value, amp)
     return worst.x

@@ -20,6 +20,7 @@ from torch import nn
 from toughen import threat
 from toughen.attacks.pgd import _check_inputs
 from toughen.errors import ToughenUsageError
+from toughen.logits import logits_of
 from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
 
 SQUARE_LOSSES = ("margin", "ce")
@@ -38,7 +39,7 @@ def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, amp: s
     """(fooled, value) for each input: value (the margin z_y - max_{i != y} z_i, or minus the
     cross-entropy) is minimized; fooled is checked in full precision when amp is on."""
     with autocast_for(x, amp):
-        logits = model(x).float()
+        logits = logits_of(model, x).float()
     z_y = logits.gather(1, y[:, None]).squeeze(1)
     margin = z_y - logits.scatter(1, y[:, None], float("-inf")).amax(1)
     fooled = margin < 0

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from toughen.attacks.losses import check_logits
+from toughen.logits import logits_of
 
 
 def _batches(n: int, batch_size: int):
@@ -24,7 +24,7 @@ def _batches(n: int, batch_size: int):
 def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Per-example bool: the model classifies the clean input correctly."""
     device = next(model.parameters()).device
-    out = [check_logits(model(x[s].to(device)), s.stop - s.start).argmax(1).cpu() == y[s]
+    out = [logits_of(model, x[s].to(device)).argmax(1).cpu() == y[s]
            for s in _batches(len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
@@ -53,10 +53,10 @@ def attack_correct(
     for s in tqdm(slices, desc=desc, disable=not progress, leave=False):
         xb, yb = x[s].to(device), y[s].to(device)
         with torch.no_grad():
-            ok = model(xb).argmax(1) == yb
+            ok = logits_of(model, xb).argmax(1) == yb
         if ok.any():
             x_adv = attack(model, xb[ok], yb[ok], eps=eps, norm=norm, bounds=bounds, generator=generator)
             with torch.no_grad():
-                ok[ok.clone()] = model(x_adv).argmax(1) == yb[ok]
+                ok[ok.clone()] = logits_of(model, x_adv).argmax(1) == yb[ok]
         robust[s] = ok.cpu()
     return robust

@@ -23,7 +23,7 @@ from torch import nn
 
 from toughen import threat
 from toughen.attacks import Attack
-from toughen.attacks.losses import check_logits
+from toughen.logits import logits_of
 from toughen.errors import ToughenUsageError, check_number
 from toughen.evaluation.suite import _device, evaluate
 
@@ -117,7 +117,7 @@ def audit(
 
     # -- outputs: deterministic, logits -------------------------------------------------------
     with torch.no_grad():
-        checks += output_checks(check_logits(model(x), n), check_logits(model(x), n))
+        checks += output_checks(logits_of(model, x), logits_of(model, x))
 
     # -- gradients: finite, non-zero, softmax not saturated ----------------------------------------
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -125,7 +125,7 @@ def audit(
     labels = torch.cat([y, y])
     xg = points.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(xg)
+        logits = logits_of(model, xg)
         (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), labels, reduction="sum"), xg)
     flat = grad.flatten(1)
     nonfinite = (~torch.isfinite(flat)).any(1).float().mean().item()
@@ -140,7 +140,7 @@ def audit(
 
     # -- attacks that must be ordered ------------------------------------------------------------------
     with torch.no_grad():
-        clean = (model(x).argmax(1) == y).float().mean().item()
+        clean = (logits_of(model, x).argmax(1) == y).float().mean().item()
     fgsm_r = _robust(model, x, y, [Attack("fgsm")], eps, norm, bounds, seed)
     pgd_r = _robust(model, x, y, [Attack("pgd", {"steps": steps, "early_stop": True})], eps, norm, bounds, seed)
     strong = Attack("pgd", {"steps": 3 * steps, "restarts": 2, "early_stop": True})

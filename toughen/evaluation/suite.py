@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from toughen import threat
 from toughen.attacks import ATTACKS, Attack
-from toughen.attacks.losses import check_logits
+from toughen.logits import logits_of
 from toughen.errors import ToughenUsageError
 from toughen.precision import Precision, channels_last, check_amp, choose_precision
 
@@ -208,7 +208,7 @@ def evaluate(
                    _key(model, x, y, labels, eps, norm, bounds, seed, batch_size) if state_file is not None else "")
 
     with torch.no_grad():
-        clean = torch.cat([check_logits(model(x[s].to(device)), len(x[s])).argmax(1).cpu() == y[s].cpu()
+        clean = torch.cat([logits_of(model, x[s].to(device)).argmax(1).cpu() == y[s].cpu()
                            for s in (slice(i, i + batch_size) for i in range(0, len(x), batch_size))])
     robust = clean.clone()
     per_attack: list[dict[str, Any]] = list(state.data.get("per_attack", []))
@@ -237,7 +237,7 @@ def evaluate(
                 gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * a_i + b_i)
                 x_adv = attack(model, xb, yb, eps=eps, norm=norm, bounds=bounds, generator=gen)
                 with torch.no_grad():
-                    still = (model(x_adv).argmax(1) == yb).cpu()
+                    still = (logits_of(model, x_adv).argmax(1) == yb).cpu()
                 robust[idx] &= still  # an attack can only flip examples to not robust
                 seconds += time.perf_counter() - t0
                 state.save(per_attack=per_attack, robust=_pack(robust), attack=a_i, todo=_pack(todo),
@@ -334,7 +334,7 @@ def robustness_curve(
         threat.check_eps(e, norm, bounds)
     device = _device(model)
     with torch.no_grad():
-        alive = torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size].cpu()
+        alive = torch.cat([logits_of(model, x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size].cpu()
                            for i in range(0, len(x), batch_size)])
     rows = []
     for e in eps_values:
