@@ -56,6 +56,27 @@ def _cifar_that_runs_code(tmp: Path) -> Path:
     return data
 
 
+def _image_folder(tmp: Path, per_class: dict[str, int], bad: bytes | None = None) -> str:
+    """An image folder of 8x8 PNGs, ``per_class[name]`` images each; with ``bad``, one more file
+    ``bad.png`` in the first class holding those bytes (empty, or not an image)."""
+    from PIL import Image
+
+    root = tmp / "images"
+    rng = np.random.default_rng(0)
+    for name, n in per_class.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    if bad is not None:
+        (root / next(iter(per_class)) / "bad.png").write_bytes(bad)
+    return str(root)
+
+
+def _train_on_images(per_class: dict[str, int], bad: bytes | None = None):
+    return lambda run, tmp: ["train", "--data", "imagefolder", "--data-dir", _image_folder(tmp, per_class, bad),
+                             "--model", "mlp", "--epochs", "1", "--out", str(tmp / "new")]
+
+
 def _config(tmp: Path, content) -> str:
     path = tmp / "cfg.yaml"
     path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
@@ -90,6 +111,19 @@ CASES = [
     ("eval-suite-ignores-steps", ["eval", "RUN", "--suite", "quick", "--steps", "5"], 2,
      "--suite runs each attack at its own budget", True),
     ("audit-negative-queries", ["audit", "RUN", "--queries", "-1", "--n", "20"], 2, "n_queries (--queries) must be", True),
+    ("epochs-not-a-whole-number", ["train", "--data", "digits", "--epochs", "1e23", "--overwrite", "--out", "RUN"], 2,
+     "Invalid value for '--epochs'", True),
+    ("unknown-flag", ["train", "--data", "digits", "--epoch", "3", "--overwrite", "--out", "RUN"], 2,
+     "No such option: --epoch", True),
+    ("out-empty", ["train", "--data", "digits", "--out", ""], 2, "--out is empty", True),
+    ("report-out-empty", ["report", "RUN", "--out", "", "--no-gallery"], 2, "--out is empty", True),
+    ("out-name-too-long", lambda run, tmp: ["train", "--data", "digits", "--out", str(tmp / ("a" * 300))], 1,
+     "a file name is too long", True),
+    ("images-one-class", _train_on_images({"cat": 12}), 2, "a classifier needs examples of at least two", True),
+    ("images-a-class-too-small", _train_on_images({"cat": 12, "dog": 1}), 2, "has 1 image(s)", True),
+    ("images-zero-byte-png", _train_on_images({"cat": 6, "dog": 6}, b""), 2, "is not a readable image", True),
+    ("images-not-an-image", _train_on_images({"cat": 6, "dog": 6}, b"<html>hello</html>"), 2,
+     "is not a readable image", True),
     ("cifar-pickle-runs-code", lambda run, tmp: ["train", "--data", "cifar10", "--data-dir", str(_cifar_that_runs_code(tmp)),
                                                  "--out", str(tmp / "new")], 2, "it asks to run builtins.exec", True),
 ]
@@ -338,3 +372,46 @@ def test_a_sweep_directory_has_one_writer_and_a_corrupted_plan_is_a_clear_error(
     with pytest.raises(ToughenUsageError, match="is corrupted; move it away"):
         run_sweep("eps=0.1,0.2", {"data": "digits"}, out)
     assert (out / PLAN_FILE).read_text() == '{"grid": '
+
+
+def test_a_nan_loss_message_names_only_a_checkpoint_that_exists_and_blames_lr_only_after_an_update(tmp_path,
+                                                                                                   monkeypatch):
+    import torch
+
+    from toughen.train import TrainingDiverged
+    from toughen.train.recipes import RECIPES, StepOutput
+
+    with pytest.raises(TrainingDiverged) as first:  # lr 1e30 on a fresh run: NaN within the first epoch
+        train(TrainConfig(data="digits", model="small_cnn", recipe="standard", lr=1e30, epochs=2, eval_steps=0,
+                          val_attack_steps=1, amp=None, channels_last=False), tmp_path / "a", progress=False)
+    message = str(first.value)
+    assert "epoch 1" in message and "lower --lr (now 1e+30)" in message
+    assert "checkpoint" not in message and not (tmp_path / "a" / "checkpoint.pt").exists()
+
+    def nan_from_the_start(model, x, y, ctx):  # e.g. NaN in the data: not lr's fault
+        return StepOutput(torch.nn.functional.cross_entropy(model(x), y) * float("nan"))
+
+    monkeypatch.setitem(RECIPES._entries, "nan_from_the_start", nan_from_the_start)
+    with pytest.raises(TrainingDiverged) as second:
+        train(TrainConfig(data="digits", recipe="nan_from_the_start", epochs=1, eval_steps=0, val_attack_steps=1,
+                          amp=None, channels_last=False), tmp_path / "b", progress=False)
+    message = str(second.value)
+    assert "before any weight update" in message and "would not help" in message and "checkpoint" not in message
+
+
+def test_an_eof_error_is_explained_not_turned_into_a_bare_abort(run, capsys, monkeypatch):
+    """click turns any EOFError inside a command into "Aborted."; toughen says what it was."""
+    from toughen.train import loop
+
+    (run / "summary.json").unlink()  # an interrupted run whose checkpoint is empty
+    (run / "checkpoint.pt").write_bytes(b"")
+    code, _, stderr = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 2 and "is empty or cut short" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+    def cut_short(*args, **kwargs):
+        raise EOFError("Ran out of input")
+
+    monkeypatch.setattr(loop, "load_checkpoint", cut_short)  # an EOFError that no reader of toughen's catches
+    code, _, stderr = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 2 and "corrupted or not what it should be (EOFError: Ran out of input)" in stderr, stderr
+    assert "Aborted" not in stderr

@@ -62,11 +62,18 @@ def _parse_number(text: str, name: str) -> float:
         raise ToughenUsageError(f"{name} must be a number such as 0.3 or 8/255, got {text!r}") from None
 
 
+def _out_path(text: str) -> Path:
+    """--out as a Path; an empty one is refused here, because Path("") is the current directory."""
+    if not str(text).strip():
+        raise ToughenUsageError("--out is empty; give the directory (or, for report, the file) to write")
+    return Path(text)
+
+
 # ----------------------------------------------------------------------------- train
 
 @app.command()
 def train(
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to write."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", parser=_out_path, help="Run directory to write."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run (RUN_DIR) from its "
                                           "last complete epoch, with its own config; no other training flags."),
     config: Optional[Path] = typer.Option(None, help="YAML file of TrainConfig fields; flags override it."),
@@ -392,7 +399,7 @@ def audit(
 
 @app.command()
 def demo(
-    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo's runs go."),
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", parser=_out_path, help="Where the demo's runs go."),
     epochs: int = typer.Option(24, help="Adversarial-training epochs."),
     overwrite: bool = typer.Option(False, help="Replace an earlier demo in --out."),
 ) -> None:
@@ -423,7 +430,7 @@ def demo(
 
 @app.command("demo-text")
 def demo_text(
-    out_dir: Path = typer.Option(Path("runs/demo-text"), "--out", help="Where the text demo's runs go."),
+    out_dir: Path = typer.Option(Path("runs/demo-text"), "--out", parser=_out_path, help="Where the text demo's runs go."),
     budget: int = typer.Option(5, help="Character edits per text for the attack (the training attack gets 1.5x as many)."),
     epochs: int = typer.Option(12),
     overwrite: bool = typer.Option(False, help="Replace an earlier demo in --out."),
@@ -441,7 +448,7 @@ def demo_text(
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories, or sweep directories (standing for their runs)."),
     out_file: Optional[Path] = typer.Option(
-        None, "--out", help="HTML file to write; default RUN_DIR/report.html for one directory, else report.html."
+        None, "--out", parser=_out_path, help="HTML file to write; default RUN_DIR/report.html for one directory, else report.html."
     ),
     gallery: bool = typer.Option(True, help="Attack a few test inputs of each run for the example gallery."),
     gallery_n: int = typer.Option(10, help="Test inputs in each run's gallery (one per class in turn)."),
@@ -479,7 +486,7 @@ def _check_report_out(out_file: Path) -> None:
 @app.command()
 def sweep(
     grid: str = typer.Option(..., help='Values to sweep, e.g. "recipe=mix,trades lam=0.5,1,2 beta=1,6 eps=0.1,0.3".'),
-    out_dir: Path = typer.Option(..., "--out", help="Sweep directory: one run directory per point, and report.html."),
+    out_dir: Path = typer.Option(..., "--out", parser=_out_path, help="Sweep directory: one run directory per point, and report.html."),
     config: Optional[Path] = typer.Option(None, help="YAML file of TrainConfig fields shared by every point."),
     data: Optional[str] = typer.Option(None, help="Dataset: mnist5k (default), digits, mnist, cifar10."),
     data_dir: Optional[Path] = typer.Option(None, help="Directory of the dataset's files (mnist, cifar10)."),
@@ -531,14 +538,33 @@ def main() -> None:
     """The one error path: bad input (exit 2) and a failing environment (exit 1) become one line
     that says what to do; the traceback only with --debug or TOUGHEN_DEBUG=1."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except ToughenUsageError as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - anything else: one line, the traceback on request
+        kind = _click_kind(e)
+        if kind == "NoArgsIsHelpError":  # `toughen` alone: the help, as typer prints it
+            print(e.format_message())
+            sys.exit(0)
+        if kind == "UsageError":  # a flag typer could not parse: one line too, with the hint to --help
+            command = e.ctx.command_path if getattr(e, "ctx", None) is not None else "toughen"
+            _fail(f"{e.format_message()} (see '{command} --help')", e.exit_code)
+        if kind == "Abort":  # click turns Ctrl-C and any EOFError (a truncated file, too) into Abort
+            if not isinstance(e.__cause__, EOFError):
+                _fail("interrupted", 130)
+            e = e.__cause__
         if os.environ.get("TOUGHEN_DEBUG") == "1":
-            raise
+            raise e
         message, code = explain(e)
         _fail(message + " (run with --debug for the traceback)", code)
+    sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode does; typer.Exit(code) too
+
+
+def _click_kind(e: BaseException) -> str | None:
+    """Which of click's exceptions ``e`` is ("UsageError", "NoArgsIsHelpError", "Abort"), by class
+    name: typer raises either click's or its own vendored copy of them, depending on its version."""
+    names = [c.__name__ for c in type(e).__mro__]
+    return next((kind for kind in ("NoArgsIsHelpError", "UsageError", "Abort") if kind in names), None)
 
 
 def explain(e: BaseException) -> tuple[str, int]:

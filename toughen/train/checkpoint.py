@@ -39,7 +39,9 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError) as e:
-        raise ToughenUsageError(f"{path} cannot be read ({e}); it was not written by this version of toughen") from e
+        why = " ".join(str(e).split()) or f"{type(e).__name__}: it is empty or cut short"
+        raise ToughenUsageError(f"{path} cannot be read ({why[:200]}); it is corrupted or was not written by this "
+                                "version of toughen: train the run again") from e
 
 
 def rng_state(shuffle: torch.Generator, attack: torch.Generator) -> dict[str, Any]:

@@ -47,6 +47,23 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+def diverged_message(loss: float, epoch: int, batch: int, updates: int, cfg: TrainConfig,
+                     run_dir: str | Path | None) -> str:
+    """What went wrong and what to do, for a loss that became NaN or infinite: the likely cause
+    depends on whether any step was taken, and a checkpoint is named only if there is one."""
+    where = f"the loss became {loss} in epoch {epoch}, batch {batch}"
+    if updates == 0:
+        return (f"{where}, before any weight update: the inputs or the model's output hold NaN or inf "
+                "(check the data files and the model), so a lower --lr would not help")
+    checkpoint = Path(run_dir) / CHECKPOINT if run_dir else None
+    kept = f"; the last complete epoch's checkpoint is kept in {checkpoint}" \
+        if checkpoint is not None and checkpoint.is_file() else ""
+    fix = "lower --lr (now {:g}) or set --grad-clip".format(cfg.lr)
+    if cfg.amp == "fp16":
+        fix += ", or train with --amp bf16 or fp32 (fp16 overflows where they do not)"
+    return f"{where}{kept}; {fix}, and train again"
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -155,15 +172,17 @@ def fit(
     grad_weight = 1.0  # this rank's share of the global batch, times the world size (see below)
     guard = Guard(cfg, splits.x_val, splits.y_val)
 
+    updates = 0  # optimizer steps taken so far (1 on resume): a loss NaN before the first is not lr's fault
+
     def update(loss: torch.Tensor) -> None:
         """Backward and one optimizer step; a recipe that owns its steps calls this itself."""
+        nonlocal updates
         bad = not torch.isfinite(loss)  # note: a CPU-GPU sync point, once per step
         if dist.enabled:
             bad = dist.any(bad, device)  # every rank stops, or none: a lone rank would leave the others waiting
         if bad:
-            where = f"; the last complete epoch's checkpoint is kept in {Path(run_dir) / CHECKPOINT}" if run_dir else ""
-            raise TrainingDiverged(f"the loss became {loss.item()} in epoch {epoch}, batch {b}{where}; "
-                                   "lower --lr (or set --grad-clip) and train again")
+            raise TrainingDiverged(diverged_message(loss.item(), epoch, b, updates, cfg, run_dir))
+        updates += 1
         optimizer.zero_grad(set_to_none=True)
         # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
         # global batch makes that average the gradient of the global mean loss even when the last
@@ -205,6 +224,7 @@ def fit(
                 if by_rank is not None:
                     ctx.state = {k: v.to(device) for k, v in by_rank[dist.rank].items()}
             history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+            updates = 1  # the weights come from trained epochs
         if metrics_path is not None and dist.is_main:  # drop rows of an epoch that did not reach its checkpoint
             atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
