@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from toughen.attacks import apgd, pgd, square
-from toughen.attacks.apgd import checkpoints, dlr
+from toughen.attacks.apgd import checkpoints
+from toughen.attacks.losses import dlr
 from toughen.attacks.square import p_schedule
 from toughen.errors import ToughenUsageError
 

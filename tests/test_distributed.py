@@ -16,7 +16,7 @@ import yaml
 from toughen.errors import ToughenUsageError
 from toughen.runs import read_config
 from toughen.train import TIMING_FIELDS, TrainConfig, train
-from toughen.train.distributed import SINGLE, Dist, from_env
+from toughen.runtime import SINGLE, Dist, from_env
 
 # PGD training on digits: small enough that most of each torchrun launch is process start-up.
 # A constant lr makes epoch 1 of a 1-epoch run the same as epoch 1 of a 2-epoch run (the resume test).

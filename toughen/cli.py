@@ -200,7 +200,7 @@ def train(
 
 def _main_process() -> bool:
     """False in the processes of a torchrun job other than rank 0: they print nothing."""
-    from toughen.train.distributed import from_env
+    from toughen.runtime import from_env
 
     return from_env().is_main
 
@@ -305,8 +305,7 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
     from toughen.data import load_data
     from toughen.evaluation import evaluate_attack
     from toughen.runs import load, read_config, record_evaluation
-    from toughen.train.distributed import setup as setup_distributed
-    from toughen.train.loop import check_device
+    from toughen.runtime import check_device, setup as setup_distributed, stream_seed
 
     cfg = read_config(run_dir)
     train_cfg = cfg["train"]
@@ -338,7 +337,7 @@ def _evaluate_run(run_dir, attack, eps, norm, steps, step_size, restarts, loss, 
                        options=train_cfg.get("data_options"))
     x, y = splits.x_test[:n], splits.y_test[:n]
     result = evaluate_attack(model, dist.shard(x), dist.shard(y), Attack(attack, options), eps=eps_value, norm=norm,
-                             bounds=bounds, seed=seed + 7919 * dist.rank, progress=progress and dist.is_main)
+                             bounds=bounds, seed=stream_seed(seed, dist.rank), progress=progress and dist.is_main)
     result = dist.merge_evaluation(result)
     robust = result.pop("robust")
     names = cfg["data_info"]["class_names"]
@@ -457,7 +456,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML report comparing runs: summary, trade-off, curves, examples, audit."""
     from toughen.report import build_report
-    from toughen.train.loop import check_device
+    from toughen.runtime import check_device
 
     if gallery_n < 1 or gallery_steps < 0:
         raise ToughenUsageError("--gallery-n must be >= 1 and --gallery-steps >= 0")

@@ -24,6 +24,16 @@ NORMS = ("linf", "l2")
 Bounds = tuple[float, float]
 
 
+STEP_SIZE_FACTOR = 2.5  # Madry et al.'s 2.5 * eps / steps: enough to cross the ball from any start
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """The step size of an iterative attack when none is given: 2.5 * eps / steps (Madry et al.
+    2018), so that ``steps`` steps can travel 2.5 radii, from one side of the ball to the other
+    and back."""
+    return STEP_SIZE_FACTOR * eps / max(steps, 1)
+
+
 def check_norm(norm: str) -> str:
     if norm not in NORMS:
         raise ToughenUsageError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")

@@ -19,52 +19,16 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from toughen import threat
+from toughen.attacks.losses import check_loss, loss_value
 from toughen.attacks.pgd import _check_inputs
 from toughen.errors import ToughenUsageError
 from toughen.logits import logits_of
 from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
 
-APGD_LOSSES = ("ce", "dlr")
-
-
-def dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-    """The difference-of-logits-ratio loss of Croce and Hein (2020), higher = worse for the model.
-
-    Untargeted: -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), with z_pi the sorted logits.
-    Targeted at t: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2). Dividing by a difference of
-    logits makes the loss invariant to shifting and rescaling the logits, so a model whose logits
-    are multiplied by a large constant (a saturated softmax) cannot hide behind flat gradients.
-    """
-    z = logits.float()
-    k = z.shape[1]
-    if k < (4 if target is not None else 3):
-        raise ToughenUsageError(
-            f"the DLR loss needs at least {4 if target is not None else 3} classes, the model has {k}; "
-            "use loss='ce'"
-        )
-    srt = z.sort(dim=1, descending=True).values
-    z_y = z.gather(1, y[:, None]).squeeze(1)
-    if target is None:
-        others = z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-        return -(z_y - others) / (srt[:, 0] - srt[:, 2] + 1e-12)
-    z_t = z.gather(1, target[:, None]).squeeze(1)
-    return -(z_y - z_t) / (srt[:, 0] - 0.5 * (srt[:, 2] + srt[:, 3]) + 1e-12)
-
-
-def _loss_fn(loss: str):
-    if loss == "ce":
-        def ce(z, y, t):
-            # Targeted CE: maximize -CE(z, t), i.e. raise the target's probability.
-            return -F.cross_entropy(z.float(), t, reduction="none") if t is not None else F.cross_entropy(
-                z.float(), y, reduction="none")
-        return ce
-    if loss == "dlr":
-        return dlr
-    raise ToughenUsageError(f"unknown APGD loss {loss!r}; choose one of: {', '.join(APGD_LOSSES)}")
+APGD_LOSSES = ("ce", "dlr")  # the two of AutoAttack
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -77,7 +41,7 @@ def checkpoints(steps: int) -> list[int]:
     return [w for w in marks if w > 0]
 
 
-def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss_of, bounds, generator, amp):
+def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss, bounds, generator, amp):
     """One APGD run on a batch. Returns (x_out, fooled): per example the first input that fooled
     the model, else the input of highest loss. Fooled examples leave the batch at once: their
     answer is fixed and attacking them further only costs time."""
@@ -98,7 +62,7 @@ def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss_of, bounds, ge
         d = d.detach().requires_grad_(True)
         with torch.enable_grad(), autocast_for(xs, amp):
             logits = logits_of(model, xs + d)
-            value = loss_of(logits, ys, ts)
+            value = loss_value(loss, logits, ys, ts)
             (g,) = torch.autograd.grad(value.sum(), d)
         wrong = logits.detach().argmax(1) != ys
         if amp is not None:  # fooled only if fooled in full precision too
@@ -217,7 +181,7 @@ def apgd(
         raise ToughenUsageError(f"n_target_classes must be >= 0, got {n_target_classes}")
     check_amp(amp)
     amp = resolve_amp(model, x, y, amp)  # "auto": the faster of fp32 and bf16 here
-    loss_fn = _loss_fn(loss)
+    check_loss(loss, APGD_LOSSES, "APGD")
     x = x.detach()
     out = x.clone()
     with torch.no_grad():
@@ -237,10 +201,10 @@ def apgd(
                 return out
             t = t_all[todo] if t_all is not None else None
             x_run, f_run = _apgd_run(model, x[todo], y[todo], t, eps=eps, norm=norm, steps=int(steps), rho=rho,
-                                     loss_of=loss_fn, bounds=bounds, generator=generator, amp=amp)
+                                     loss=loss, bounds=bounds, generator=generator, amp=amp)
             # Among runs that did not fool, keep the input of highest untargeted loss.
             with torch.no_grad():
-                v = loss_fn(logits_of(model, x_run), y[todo], None).float()
+                v = loss_value(loss, logits_of(model, x_run), y[todo], None).float()
             take = f_run | (v > best_value[todo])
             best_value[todo[take]] = v[take]
             out[todo[take]] = x_run[take]

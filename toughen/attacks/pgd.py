@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from toughen import threat
-from toughen.attacks.losses import is_successful, objective
+from toughen.attacks.losses import LOSSES, check_loss, is_successful, objective
 from toughen.errors import ToughenUsageError, check_number
 from toughen.logits import logits_of
 from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
@@ -100,7 +100,8 @@ def pgd(
         steps: gradient steps per restart. step_size defaults to 2.5 * eps / steps.
         restarts: independent random starts; per example the worst result is kept
             (misclassified first, then highest loss).
-        loss: "ce" (cross-entropy) or "margin" (max_{j != y} z_j - z_y).
+        loss: "ce" (cross-entropy), "margin" (max_{j != y} z_j - z_y) or "dlr"
+            (:mod:`toughen.attacks.losses`).
         target: optional target labels; the attack then drives the prediction towards them.
         keep_best: return, per example, the worst iterate seen (default) rather than the last one:
             one that fools the model first, then the highest loss. (The last iterate is looked at
@@ -129,10 +130,11 @@ def pgd(
         raise ToughenUsageError(f"steps must be a whole number >= 0, got {steps}")
     if restarts < 1:
         raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
+    check_loss(loss, LOSSES, "PGD")
     check_amp(amp)
     amp = resolve_amp(model, x, y, amp)  # "auto": the faster of fp32 and bf16 here
     if step_size is None:
-        step_size = 2.5 * eps / max(steps, 1)
+        step_size = threat.default_step_size(eps, steps)
     check_number("step_size", step_size, low=0)
 
     x = x.detach()

@@ -6,7 +6,7 @@ not fooled by masked, shattered or saturated gradients. That is why an evaluatio
 it: when Square finds adversarial examples that gradient attacks missed, the gradients lie.
 
 Random search over the vertices of the ball. Each iteration changes one random square window of
-side s (in every channel) and keeps the change when the margin loss z_y - max_{i != y} z_i drops.
+side s (in every channel) and keeps the change when the margin loss max_{i != y} z_i - z_y rises.
 The window's share p of the image shrinks on a fixed schedule as queries are spent.
 """
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from toughen import threat
+from toughen.attacks.losses import check_loss, loss_value, margin
 from toughen.attacks.pgd import _check_inputs
 from toughen.errors import ToughenUsageError
 from toughen.logits import logits_of
@@ -36,18 +37,14 @@ def p_schedule(p_init: float, it: int, n_queries: int) -> float:
 
 
 def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, amp: str | None):
-    """(fooled, value) for each input: value (the margin z_y - max_{i != y} z_i, or minus the
-    cross-entropy) is minimized; fooled is checked in full precision when amp is on."""
+    """(fooled, value) for each input: the random search minimizes value, minus the attack loss
+    (:mod:`toughen.attacks.losses`); fooled is checked in full precision when amp is on."""
     with autocast_for(x, amp):
         logits = logits_of(model, x).float()
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    margin = z_y - logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    fooled = margin < 0
+    fooled = margin(logits, y) > 0
     if amp is not None:
         fooled = confirm_fooled(model, x, y, None, fooled)
-    if loss == "margin":
-        return fooled, margin
-    return fooled, -torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    return fooled, -loss_value(loss, logits, y, None)
 
 
 def _rand_sign(shape, like: torch.Tensor, generator) -> torch.Tensor:
@@ -114,7 +111,7 @@ def square(
         n_queries: the query budget per example per run (5,000 in AutoAttack's standard version).
         p_init: the initial fraction of pixels a window covers (0.8 for L-inf in AutoAttack).
         restarts: independent runs, each on the examples not yet fooled.
-        loss: "margin" (default) or "ce": the quantity each accepted change must lower.
+        loss: "margin" (default) or "ce": the loss each accepted change must raise.
         amp: "bf16", "fp16" or "auto" (the faster of fp32 and bf16 here, measured): queries run under autocast; an input counts as fooling only
             after a check in full precision (toughen.precision.confirm_fooled).
         generator: randomness for the initialization, windows and signs.
@@ -138,8 +135,7 @@ def square(
         raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
     check_amp(amp)
     amp = resolve_amp(model, x, y, amp)  # "auto": the faster of fp32 and bf16 here
-    if loss not in SQUARE_LOSSES:
-        raise ToughenUsageError(f"unknown square loss {loss!r}; choose one of: {', '.join(SQUARE_LOSSES)}")
+    check_loss(loss, SQUARE_LOSSES, "square")
 
     x = x.detach()
     lo, hi = bounds

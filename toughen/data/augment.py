@@ -67,7 +67,7 @@ class DeviceBatches:
     (a CPU generator), the augmentation from ``generator`` (on ``device``).
 
     ``rank``/``world_size`` keep every ``world_size``-th index of the permutation, starting at
-    ``rank``: the shard of a distributed run (see :mod:`toughen.train.distributed`).
+    ``rank``: the shard of a distributed run (see :mod:`toughen.runtime`).
     """
 
     def __init__(

@@ -273,7 +273,7 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
 
     from toughen.data import load_data
     from toughen.runs import load, read_config, write_json
-    from toughen.train.loop import check_device
+    from toughen.runtime import check_device
 
     dev = check_device(device)
     if run_dir is not None:

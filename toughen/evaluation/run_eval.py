@@ -37,8 +37,7 @@ def evaluate_run_suite(
     from toughen.data import load_data
     from toughen.evaluation.suite import evaluate, resolve_suite, robustness_curve
     from toughen.runs import load, read_config, record_evaluation
-    from toughen.train.distributed import setup as setup_distributed
-    from toughen.train.loop import check_device
+    from toughen.runtime import check_device, setup as setup_distributed, stream_seed
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
@@ -56,13 +55,13 @@ def evaluate_run_suite(
         if attack == "pgd":
             options.update(steps=steps, restarts=restarts, early_stop=True)
         attacks, name = [Attack(attack, options)], "custom"
-    # Under torchrun each rank attacks its shard of the examples (toughen.train.distributed).
+    # Under torchrun each rank attacks its shard of the examples (toughen.runtime).
     dist, dev = setup_distributed(check_device(device))
     model = load(run_dir, device=dev)
     splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
                        options=train_cfg.get("data_options"))
     x, y = splits.x_test[:n], splits.y_test[:n]
-    xs, ys, rank_seed = dist.shard(x), dist.shard(y), seed + 7919 * dist.rank
+    xs, ys, rank_seed = dist.shard(x), dist.shard(y), stream_seed(seed, dist.rank)
     result = evaluate(model, xs, ys, suite=attacks, eps=eps_value, norm=norm, bounds=bounds, seed=rank_seed,
                       progress=progress and dist.is_main, state_file=None if dist.enabled else run_dir / STATE_FILE,
                       amp=amp)

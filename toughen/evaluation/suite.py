@@ -34,6 +34,7 @@ from toughen import threat
 from toughen.attacks import ATTACKS, Attack
 from toughen.logits import logits_of
 from toughen.errors import ToughenUsageError
+from toughen.runtime import stream_seed
 from toughen.precision import Precision, channels_last, check_amp, choose_precision
 
 SUITES: dict[str, list[Attack]] = {
@@ -283,7 +284,7 @@ def evaluate_loader(
     after = [0] * len(attacks)
     start = time.perf_counter()
     for b, (xb, yb) in enumerate(tqdm(loader, desc="batches", disable=not progress, leave=False)):
-        r = evaluate(model, xb, yb, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=seed + 7919 * b,
+        r = evaluate(model, xb, yb, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=stream_seed(seed, b),
                      batch_size=len(xb), amp=amp)
         precision = r["precision"]  # chosen per batch; the same choice for batches of one shape
         n += r["n"]

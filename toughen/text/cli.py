@@ -49,7 +49,7 @@ def evaluate_run(run_dir: Path, *, attack: str | None, budget: int | None, eps: 
     from toughen.text.attacks import DISCRETE, TEXT_ATTACKS
     from toughen.text.evaluation import evaluate_text_attack
     from toughen.text.train import load_text_run, load_text_run_data
-    from toughen.train.loop import check_device
+    from toughen.runtime import check_device
 
     cfg = read_config(run_dir)["train"]
     attack = attack or cfg["eval_attack"]

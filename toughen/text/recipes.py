@@ -102,7 +102,7 @@ def freelb(model, texts, y, ctx: TextRecipeContext) -> StepOutput:
     m = mask[..., None].to(torch.float32)
     emb = model.embed(ids)
     k_steps = max(ctx.steps, 1)
-    step_size = ctx.step_size if ctx.step_size is not None else 2.5 * ctx.eps / k_steps
+    step_size = ctx.step_size if ctx.step_size is not None else threat.default_step_size(ctx.eps, k_steps)
     delta = threat.project(
         threat.random_start(emb.detach(), ctx.eps, ctx.norm, (-1e30, 1e30), ctx.generator), ctx.eps, ctx.norm
     ) * m

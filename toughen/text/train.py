@@ -34,7 +34,8 @@ from toughen.text.evaluation import evaluate_text_attack
 from toughen.text.models import build_text_model, is_text_model
 from toughen.text.recipes import TEXT_RECIPES, TextRecipeContext
 from toughen.train.config import from_known_fields
-from toughen.train.loop import TrainingDiverged, check_device, make_optimizer
+from toughen.runtime import check_device
+from toughen.train.loop import TrainingDiverged, make_optimizer
 from toughen.train.schedules import lr_factor
 
 

@@ -26,10 +26,10 @@ from toughen.runs import (
     RunLock, atomic_write_text, check_out_dir, git_revision, open_run_dir, read_config, save_weights, write_json,
 )
 from toughen.train.config import TrainConfig
-from toughen.train.distributed import Dist, setup as setup_distributed
+from toughen.runtime import Dist, check_device, setup as setup_distributed
 from toughen.precision import Precision
 from toughen.train.loop import (
-    TIMING_FIELDS, TrainingDiverged, check_device, choose_training_precision, fit, with_precision,
+    TIMING_FIELDS, TrainingDiverged, choose_training_precision, fit, with_precision,
 )
 from toughen.train.recipes import RECIPES, RecipeContext, StepOutput, list_recipes
 from toughen.train.single_step import SINGLE_STEP
@@ -47,7 +47,7 @@ def train(
 ) -> dict[str, Any]:
     """Train a model as ``cfg`` says and write the run directory ``out``; return the summary.
 
-    Under ``torchrun`` (see :mod:`toughen.train.distributed`) every process calls this with the
+    Under ``torchrun`` (see :mod:`toughen.runtime`) every process calls this with the
     same arguments; they train one model together and only rank 0 writes ``out``.
 
     Everything is validated before anything is written. ``on_epoch`` receives each epoch's

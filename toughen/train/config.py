@@ -89,7 +89,7 @@ class TrainConfig:
     eval_n: int | None = None  # test examples to evaluate (all when None)
 
     def resolved_step_size(self) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * self.eps / max(self.steps, 1)
+        return self.step_size if self.step_size is not None else threat.default_step_size(self.eps, self.steps)
 
     def validate(self) -> "TrainConfig":
         """Check everything that can be checked before any file is written or data loaded."""

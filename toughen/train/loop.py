@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from toughen import threat
 from toughen.attacks import Attack
 from toughen.data import Splits
 from toughen.data.augment import crop_flip
@@ -28,19 +29,16 @@ from toughen.errors import ToughenUsageError
 from toughen.evaluation import attack_correct, clean_correct
 from toughen.precision import AUTO, Precision, autocast_for, choose_precision
 from toughen.runs import append_jsonl, atomic_write_text, save_weights
+from toughen.runtime import SINGLE, Dist, stream_seed
 from toughen.train.checkpoint import CHECKPOINT, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from toughen.train.config import TrainConfig
 from toughen.train.cost import PassCounter
-from toughen.train.distributed import SINGLE, Dist
 from toughen.train.guard import PGD2, Guard
 from toughen.train.recipes import RECIPES, RecipeContext
 from toughen.train.schedules import eps_at, lr_factor
 
 # Fields of a metrics row that measure time, not training: they differ between identical runs.
 TIMING_FIELDS = ("seconds", "guard_seconds", "val_seconds")
-# Rank r's attack generator is seeded seed + 1 + r * this, so ranks draw different random starts
-# and rank 0 (the only one of a single-process run) keeps the single-process seed.
-_RANK_SEED_STRIDE = 7919
 
 
 class TrainingDiverged(RuntimeError):
@@ -137,7 +135,7 @@ def fit(
     goes, the last epoch's to model_last.safetensors, and a checkpoint after each epoch; with
     ``resume``, training continues from that checkpoint exactly as if never interrupted.
 
-    With ``dist`` (:mod:`toughen.train.distributed`, under torchrun), every rank calls this with
+    With ``dist`` (:mod:`toughen.runtime`, under torchrun), every rank calls this with
     the same arguments: each trains on its shard of every global batch through DDP, the metrics
     are the whole job's, and only rank 0 writes files or calls ``on_epoch``.
     """
@@ -168,7 +166,8 @@ def fit(
     # Two explicit generators: one for the order of batches (the same on every rank), one for
     # attacks' random starts and the batch augmentation (each rank its own).
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + _RANK_SEED_STRIDE * dist.rank)
+    # Ranks draw different random starts; rank 0 (the only one of a single process) keeps seed + 1.
+    attack_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed + 1, dist.rank))
     grad_weight = 1.0  # this rank's share of the global batch, times the world size (see below)
     guard = Guard(cfg, splits.x_val, splits.y_val)
 
@@ -269,7 +268,7 @@ def fit(
                 recipe_name = "pgd" if guard.recipe == PGD2 else guard.recipe
                 recipe = RECIPES.get(recipe_name)
                 ctx.steps = 2 if guard.recipe == PGD2 else cfg.steps
-                base_step = 2.5 * cfg.eps / 2 if guard.recipe == PGD2 else cfg.resolved_step_size()
+                base_step = threat.default_step_size(cfg.eps, 2) if guard.recipe == PGD2 else cfg.resolved_step_size()
                 # A fresh step size for the warmed-up eps keeps the attack's reach proportional.
                 ctx.eps = eps_at(cfg.eps, cfg.eps_warmup, progress_frac)
                 ctx.step_size = base_step * (ctx.eps / cfg.eps if cfg.eps > 0 else 1.0)
@@ -373,15 +372,5 @@ def _add(total: list[int], counts: tuple[int, int]) -> None:
     total[1] += counts[1]
 
 
-def check_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ToughenUsageError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ToughenUsageError("--device cuda was asked for, but this PyTorch build sees no GPU")
-    return dev
-
-
-__all__ = ["TIMING_FIELDS", "TrainingDiverged", "check_device", "eps_at", "fit", "lr_factor", "make_optimizer",
+__all__ = ["TIMING_FIELDS", "TrainingDiverged", "eps_at", "fit", "lr_factor", "make_optimizer",
            "validate"]

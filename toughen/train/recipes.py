@@ -63,7 +63,7 @@ class RecipeContext:
         """The training attack: PGD from a random start, last iterate (as in Madry et al.)."""
         if self.eps == 0:
             return x
-        step_size = self.step_size if self.step_size is not None else 2.5 * self.eps / max(self.steps, 1)
+        step_size = self.step_size if self.step_size is not None else threat.default_step_size(self.eps, self.steps)
         return pgd(
             model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, step_size=step_size,
             bounds=self.bounds, keep_best=False, generator=self.generator,
@@ -152,7 +152,7 @@ def kl_ascent(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, ctx: Rec
     and projection (threat.step)."""
     if ctx.eps == 0 or ctx.steps == 0:
         return x
-    step_size = ctx.step_size if ctx.step_size is not None else 2.5 * ctx.eps / ctx.steps
+    step_size = ctx.step_size if ctx.step_size is not None else threat.default_step_size(ctx.eps, ctx.steps)
     noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
     delta = threat.clamp_to_bounds(x, 0.001 * noise, ctx.bounds)
     for _ in range(ctx.steps):

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from toughen import threat
 from toughen.errors import ToughenUsageError
 from toughen.text.attacks import TEXT_ATTACKS, TextAttackResult
-from toughen.text.attacks.greedy import as_str, check_budget, margin
+from toughen.attacks.losses import margin
+from toughen.text.attacks.greedy import as_str, check_budget
 from toughen.text.tokenize import clip, to_bytes
 
 
@@ -56,7 +57,7 @@ def hotflip(
         emb = model.embed(ids).detach().requires_grad_(True)
         logits = model.classify(emb, mask)
         ya = y[active]
-        success[active] = (margin(logits.detach(), ya) < 0).cpu()
+        success[active] = (margin(logits.detach(), ya) > 0).cpu()
         queries[active] += 1
         if step == budget:
             break
@@ -108,7 +109,7 @@ def embedding_pgd(
     threat.check_norm(norm)
     if eps < 0:
         raise ToughenUsageError(f"embedding eps must be >= 0, got {eps}")
-    step_size = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
+    step_size = step_size if step_size is not None else threat.default_step_size(eps, steps)
     emb = model.embed(ids).detach()
     m = mask[..., None].to(emb.dtype)
     # Embeddings have no box, only the ball, so there is no clamp_to_bounds (x + d - x would
@@ -151,7 +152,7 @@ def embed_pgd(
         delta = embedding_pgd(model, ids, mask, yb, eps=float(budget), norm=norm, steps=steps, step_size=step_size,
                               generator=generator)
         with torch.no_grad():
-            success.append((margin(model.classify(model.embed(ids) + delta, mask), yb) < 0).cpu())
+            success.append((margin(model.classify(model.embed(ids) + delta, mask), yb) > 0).cpu())
     success_t = torch.cat(success) if success else torch.zeros(0, dtype=torch.bool)
     n = len(texts)
     return TextAttackResult(None, success_t, torch.zeros(n, dtype=torch.long), torch.full((n,), steps + 1))

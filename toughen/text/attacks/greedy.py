@@ -1,10 +1,10 @@
 """The black-box greedy search that char_obfuscate and word_substitute share.
 
-1. Rank the words of each text by importance: how much the true class's margin drops when the
-   word is deleted (leave-one-out, as in DeepWordBug, Gao et al. 2018, and TextFooler, Jin et
-   al. 2020). One query per word.
+1. Rank the words of each text by importance: how much the margin loss (max_{j != y} z_j - z_y,
+   :func:`toughen.attacks.losses.margin`) rises when the word is deleted (leave-one-out, as in
+   DeepWordBug, Gao et al. 2018, and TextFooler, Jin et al. 2020). One query per word.
 2. For the most important word not yet visited, try every candidate edit of it (at most
-   ``max_candidates``, sampled with ``generator``), keep the one that lowers the margin most.
+   ``max_candidates``, sampled with ``generator``), keep the one that raises the margin most.
    Each kept edit costs 1 of the budget. Stop at a misclassification or when the budget is spent.
 
 All texts are searched at once: each step classifies the candidates of every unfinished text in
@@ -18,18 +18,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from toughen.attacks.losses import margin
 from toughen.errors import ToughenUsageError
 from toughen.text.attacks import TextAttackResult
 from toughen.text.models import predict
 
 _SPLIT = re.compile(r"(\s+)")
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """logit of the true class minus the largest other logit: < 0 means misclassified."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    return true - other
 
 
 def check_budget(budget) -> int:
@@ -71,10 +65,10 @@ def greedy_search(
     edits = torch.zeros(n, dtype=torch.long)
     word_idx = [[i for i in range(0, len(t), 2) if t[i]] for t in tokens]
 
-    # 1. importance: the margin with each word deleted
+    # 1. importance: the margin with each word deleted (> 0: misclassified)
     probes, owners = [], []
     for k in range(n):
-        if best[k] < 0 or budget == 0:
+        if best[k] > 0 or budget == 0:
             continue
         for i in word_idx[k]:
             probes.append("".join(tokens[k][:i] + tokens[k][i + 1 :]))
@@ -88,14 +82,14 @@ def greedy_search(
             queries[k] += 1
         for k in range(n):
             if drops[k]:
-                ranked = sorted(range(len(drops[k])), key=lambda j: drops[k][j])  # lowest margin first
+                ranked = sorted(range(len(drops[k])), key=lambda j: -drops[k][j])  # highest margin first
                 order[k] = [word_idx[k][j] for j in ranked]
 
     # 2. greedy edits, the most important word first
     for step in range(budget):
         probes, owners, slots = [], [], []
         for k in range(n):
-            if best[k] < 0 or not order[k] or (not revisit and step >= len(order[k])):
+            if best[k] > 0 or not order[k] or (not revisit and step >= len(order[k])):
                 continue
             i = order[k][step % len(order[k])]
             cands = candidates(tokens[k][i])
@@ -112,10 +106,10 @@ def greedy_search(
         chosen: dict[int, tuple[float, tuple[int, str]]] = {}
         for k, v, slot in zip(owners, m, slots):
             queries[k] += 1
-            if k not in chosen or v < chosen[k][0]:
+            if k not in chosen or v > chosen[k][0]:
                 chosen[k] = (v, slot)
         for k, (v, (i, c)) in chosen.items():
             tokens[k][i] = c
             best[k] = v
             edits[k] += 1
-    return TextAttackResult(["".join(t) for t in tokens], best < 0, edits, queries)
+    return TextAttackResult(["".join(t) for t in tokens], best > 0, edits, queries)

@@ -1,4 +1,5 @@
-"""Data-parallel training and evaluation on PyTorch's own engine (DDP), started by ``torchrun``.
+"""Where a command runs: the device, the per-rank seeds, and data-parallel training and evaluation
+on PyTorch's own engine (DDP), started by ``torchrun``.
 
     torchrun --nproc-per-node 4 -m toughen train --config configs/cifar10_fgsm_rs.yaml --device cuda ...
 
@@ -179,6 +180,26 @@ class Dist:
 
 SINGLE = Dist()
 
+# Seeds of parallel streams (ranks, batches) are spaced by a prime, so that stream i's seed never
+# equals stream j's for the small base seeds people use.
+SEED_STRIDE = 7919
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed of parallel stream ``stream`` (a rank, a batch) of a computation seeded ``seed``."""
+    return seed + SEED_STRIDE * stream
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch.device, or a usage error: unknown, or CUDA without a GPU."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ToughenUsageError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ToughenUsageError("--device cuda was asked for, but this PyTorch build sees no GPU")
+    return dev
+
 
 def from_env() -> Dist:
     """The job described by torchrun's environment variables (one process when they are absent)."""
@@ -238,4 +259,4 @@ def teardown() -> None:
         td.destroy_process_group()
 
 
-__all__ = ["SINGLE", "Dist", "from_env", "setup", "teardown"]
+__all__ = ["SEED_STRIDE", "SINGLE", "Dist", "check_device", "from_env", "setup", "stream_seed", "teardown"]
