@@ -5,7 +5,7 @@
     model = toughen.load("runs/demo")
 """
 
-__version__ = "0.1.0"
+from toughen._version import __version__  # noqa: F401
 
 from toughen import attacks, data, models, threat  # noqa: E402
 from toughen.attacks import fgsm, list_attacks, pgd  # noqa: E402
@@ -13,6 +13,7 @@ from toughen.data import list_datasets, load_data  # noqa: E402
 from toughen.evaluation.suite import evaluate  # noqa: E402
 from toughen.models import build_model, list_models  # noqa: E402
 from toughen.runs import load  # noqa: E402
+from toughen import text  # noqa: E402,F401  (registers the "text" run kind with the core)
 
 __all__ = [
     "attacks", "build_model", "data", "evaluate", "fgsm", "list_attacks", "list_datasets", "list_models", "load",

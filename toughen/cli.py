@@ -516,7 +516,13 @@ def sweep(
     )
     base.update({k: v for k, v in flags.items() if v is not None})
     log = None if json_out else (lambda message: err.print(message, highlight=False))
-    rows = run_sweep(grid, base, out_dir, device=device, progress=not json_out, report=make_report, log=log)
+    rows = run_sweep(grid, base, out_dir, device=device, progress=not json_out, log=log)
+    if make_report:
+        from toughen.report import build_report
+
+        path = build_report([out_dir], out_dir / "report.html", device=device)
+        if log is not None:
+            log(f"report: {path}")
     if json_out:
         print(json.dumps(rows))
     else:

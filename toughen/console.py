@@ -1,9 +1,11 @@
-"""The CLI's two rich consoles (results on stdout, progress and errors on stderr)."""
+"""How toughen shows things to people: the CLI's two rich consoles (results on stdout, progress
+and errors on stderr), its tables, and text with its invisible characters made visible."""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -17,6 +19,19 @@ PIPED_WIDTH = 140
 def _console(stream) -> Console:
     width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
     return Console(stderr=stream is sys.stderr, width=width)
+
+
+def fmt_number(value: Any) -> str:
+    """A number as people read it in a table or a name: floats to 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def reveal(text: str) -> str:
+    """``text`` with every non-ASCII character as a \\u escape, so that homoglyphs and
+    zero-width characters, which a terminal or a browser draws invisibly or identically, show."""
+    return ascii(text)[1:-1]
 
 
 out = _console(sys.stdout)

@@ -21,10 +21,10 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from toughen.console import fmt_number
 from toughen.errors import ToughenUsageError
-from toughen.report.collect import fmt_number
-from toughen.train.recipes import RECIPE_PARAMETERS, recipe_parameters
 from toughen.runs import LOCK_FILE, RunLock, write_json
+from toughen.train.recipes import RECIPE_PARAMETERS, recipe_parameters
 
 PLAN_FILE = "sweep.json"
 
@@ -106,11 +106,11 @@ def run_sweep(
     *,
     device: str = "cpu",
     progress: bool = True,
-    report: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train every point of the grid not yet finished under ``out``; write ``out/report.html``;
-    return one row per point (its values and test accuracies)."""
+    """Train every point of the grid not yet finished under ``out``; return one row per point (its
+    values and test accuracies). ``toughen sweep`` then writes ``out/report.html`` with
+    :func:`toughen.report.build_report`."""
     from toughen.train import TrainConfig
 
     log = log or (lambda message: None)
@@ -129,11 +129,6 @@ def run_sweep(
         write_json(out / PLAN_FILE, {"grid": grid, "base": base, "points": points})
         rows = [_run_point(out, point, cfg, f"[{i}/{len(points)}]", log, progress, device)
                 for i, (point, cfg) in enumerate(zip(points, configs), 1)]
-        if report:
-            from toughen.report import build_report
-
-            path = build_report([out], out / "report.html", device=device)
-            log(f"report: {path}")
     return rows
 
 

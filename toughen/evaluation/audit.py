@@ -23,9 +23,10 @@ from torch import nn
 
 from toughen import threat
 from toughen.attacks import Attack
-from toughen.logits import logits_of
 from toughen.errors import ToughenUsageError, check_number
 from toughen.evaluation.suite import _device, evaluate
+from toughen.logits import logits_of
+from toughen.run_kinds import kind_of
 
 PASS, SUSPICIOUS = "pass", "suspicious"
 
@@ -280,8 +281,9 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
         if model_spec is not None:
             raise ToughenUsageError("give a RUN_DIR or --model, not both")
         cfg = read_config(run_dir)
-        if cfg.get("kind") == "text":
-            return _audit_text_run(run_dir, cfg, eps=eps, norm=norm, n=n, seed=seed, device=dev)
+        kind = kind_of(cfg)
+        if kind is not None:  # a text run, say: its own sanity checks
+            return kind.audit(run_dir, cfg, eps=eps, norm=norm, n=n, seed=seed, device=dev)
         train = cfg["train"]
         model = load(run_dir, device=dev)
         splits = load_data(train["data"], train["data_dir"], train["val_size"], options=train.get("data_options"))
@@ -303,30 +305,4 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
     report["model"] = str(run_dir) if run_dir is not None else model_spec
     if run_dir is not None:
         write_json(Path(run_dir) / "audit.json", report)
-    return report
-
-
-def _audit_text_run(run_dir, cfg, *, eps, norm, n, seed, device):
-    """A text run is audited at its evaluated edit budget with its discrete evaluation attack."""
-    from pathlib import Path
-
-    from toughen.runs import write_json
-    from toughen.text.attacks import DISCRETE
-    from toughen.text.audit import audit_text
-    from toughen.text.train import evaluated_threat, load_text_run, load_text_run_data
-
-    if eps is not None or norm is not None:
-        raise ToughenUsageError("a text run is audited at its edit budget; --eps and --norm apply to image models")
-    if n < 1:
-        raise ToughenUsageError(f"--n must be >= 1, got {n}")
-    train = cfg["train"]
-    attack = train.get("eval_attack", "char_obfuscate")
-    # a run measured in embedding space is audited with character edits at its training budget
-    budget = evaluated_threat(train) if attack in DISCRETE else train["budget"]
-    attack = attack if attack in DISCRETE else "char_obfuscate"
-    splits = load_text_run_data(run_dir)
-    model = load_text_run(run_dir, device=device)
-    report = audit_text(model, splits.x_test[:n], splits.y_test[:n], attack=attack, budget=int(budget), seed=seed)
-    report["model"] = str(run_dir)
-    write_json(Path(run_dir) / "audit.json", report)
     return report

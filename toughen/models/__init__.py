@@ -7,18 +7,14 @@ and attacks work in pixel space.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from torch import nn
 
-from toughen._registry import Registry
+from toughen.models import convnets as _convnets  # noqa: F401  (registers the models)
+from toughen.models import resnets as _resnets  # noqa: F401
+from toughen.models._registry import MODELS
 from toughen.models.layers import Normalize
-
-# A builder takes (input_shape=(C, H, W), num_classes, **options) and returns the bare network.
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-
-from toughen.models import convnets as _convnets  # noqa: E402,F401  (registers the models)
-from toughen.models import resnets as _resnets  # noqa: E402,F401
 
 
 def list_models() -> list[str]:

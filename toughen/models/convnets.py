@@ -6,7 +6,7 @@ import math
 
 from torch import nn
 
-from toughen.models import MODELS
+from toughen.models._registry import MODELS
 
 
 @MODELS.register("mlp")

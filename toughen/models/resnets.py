@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toughen.errors import ToughenUsageError
-from toughen.models import MODELS
+from toughen.models._registry import MODELS
 
 
 class PreActBlock(nn.Module):

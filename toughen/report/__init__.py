@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import toughen
+from toughen._version import __version__
 from toughen.report.collect import (EDITS, SYMBOLS, RunRecord, collect, fmt_number, load_run, recipe_parameters,
                                     threat_size)
 from toughen.errors import ToughenUsageError
@@ -159,7 +159,7 @@ def build_report(
     summary_rows = [_summary_row(run) for run in runs]
     context = {
         "title": title or ("toughen report: " + (runs[0].name if len(runs) == 1 else f"{len(runs)} runs")),
-        "subtitle": f"made {time.strftime('%Y-%m-%d %H:%M')} by toughen {toughen.__version__}",
+        "subtitle": f"made {time.strftime('%Y-%m-%d %H:%M')} by toughen {__version__}",
         "summary_rows": summary_rows,
         "any_missing_robust": any(r["robust"] is None for r in summary_rows),
         "show_cost": any(r["cost"] != "—" for r in summary_rows),

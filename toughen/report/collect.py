@@ -18,6 +18,8 @@ import yaml
 
 from toughen.errors import ToughenUsageError
 from toughen.runs import read_jsonl
+from toughen.console import fmt_number
+from toughen.run_kinds import kind_of
 from toughen.train.recipes import recipe_parameters
 
 SYMBOLS = {"lam": "λ", "beta": "β", "eps": "ε"}
@@ -27,12 +29,6 @@ EDITS = "edits"  # the "norm" of a text run measured by a discrete attack: its b
 def threat_size(eps: float, norm: str) -> str:
     """``ε=0.3`` for a radius, ``k=5`` for a number of text edits."""
     return f"k={fmt_number(eps)}" if norm == EDITS else f"ε={fmt_number(eps)}"
-
-
-def fmt_number(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def short_attack(label: str) -> str:
@@ -97,20 +93,23 @@ class RunRecord:
         return self.config.get("kind") == "text"
 
     @property
+    def discrete_attacks(self) -> frozenset[str]:
+        """The attacks whose threat size counts edits, for this run's kind (none for images)."""
+        kind = kind_of(self.config)
+        return kind.discrete_attacks if kind is not None else frozenset()
+
+    @property
     def _text_discrete(self) -> bool:
         """A text run measured by a discrete attack: its threat size is a number of edits."""
-        from toughen.text.attacks import DISCRETE
-
-        return self.is_text and self.train.get("eval_attack", "char_obfuscate") in DISCRETE
+        return self.is_text and self.train.get("eval_attack", "char_obfuscate") in self.discrete_attacks
 
     @property
     def eps(self) -> float | None:
         """The size of the threat the run was trained and measured at: eps for images (and for
         text runs measured in embedding space), the evaluated edit budget for other text runs."""
-        if self.is_text:
-            from toughen.text.train import evaluated_threat
-
-            return float(evaluated_threat(self.train))
+        kind = kind_of(self.config)
+        if kind is not None:
+            return float(kind.threat_size(self.train))
         return self.train.get("eps")
 
     @property
@@ -150,7 +149,7 @@ class RunRecord:
                        s.get("n_test"))
             found[(r.kind, r.attack, r.eps, r.norm, r.n)] = r
         for row in self.evaluations:
-            r = _result_from_row(row, self.eps, self.norm)
+            r = _result_from_row(row, self.eps, self.norm, self.discrete_attacks)
             if r is not None:
                 found.pop((r.kind, r.attack, r.eps, r.norm, r.n), None)  # re-insert: latest last
                 found[(r.kind, r.attack, r.eps, r.norm, r.n)] = r
@@ -264,7 +263,8 @@ def _pairs(obj: Any, key_names: tuple[str, ...]) -> list[tuple[Any, float]]:
     return pairs
 
 
-def _result_from_row(row: dict[str, Any], eps: float | None, norm: str) -> Result | None:
+def _result_from_row(row: dict[str, Any], eps: float | None, norm: str,
+                     discrete_attacks: frozenset[str]) -> Result | None:
     if "suite" in row:
         curve = []
         for k, acc in _pairs(row.get("curve"), ("eps",)):
@@ -288,9 +288,7 @@ def _result_from_row(row: dict[str, Any], eps: float | None, norm: str) -> Resul
     if "eps" in row:
         size, row_norm = float(row["eps"]), str(row.get("norm", norm))
     elif "budget" in row:  # a text attack: edits for the discrete ones, a radius for embed_pgd
-        from toughen.text.attacks import DISCRETE
-
-        discrete = str(row.get("attack")) in DISCRETE
+        discrete = str(row.get("attack")) in discrete_attacks
         size, row_norm = float(row["budget"]), EDITS if discrete else str(row.get("norm", "l2"))
     else:
         return None

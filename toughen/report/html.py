@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from toughen.text.attacks.obfuscate import reveal
+from toughen.console import reveal
 
 TEMPLATE = r"""<!doctype html>
 <html lang="en">

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -28,9 +29,11 @@ import torch.nn.functional as F
 
 from toughen.errors import ToughenUsageError
 from toughen.evaluation.audit import make_check, output_checks, pct, verdict_of
+from toughen.runs import write_json
 from toughen.text.attacks import DISCRETE
 from toughen.text.evaluation import evaluate_text_attack
 from toughen.text.models import predict
+from toughen.text.train import evaluated_threat, load_text_run, load_text_run_data
 
 
 def audit_text(
@@ -103,4 +106,26 @@ def audit_text(
             "attack": attack, "n": n, "seconds": time.perf_counter() - start}
 
 
-__all__ = ["audit_text"]
+
+
+def audit_text_run(run_dir, cfg, *, eps, norm, n, seed, device) -> dict[str, Any]:
+    """``toughen audit RUN_DIR`` for a text run (its run kind's audit): at the run's evaluated
+    edit budget, with its discrete evaluation attack; writes RUN_DIR/audit.json."""
+    if eps is not None or norm is not None:
+        raise ToughenUsageError("a text run is audited at its edit budget; --eps and --norm apply to image models")
+    if n < 1:
+        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    train = cfg["train"]
+    attack = train.get("eval_attack", "char_obfuscate")
+    # a run measured in embedding space is audited with character edits at its training budget
+    budget = evaluated_threat(train) if attack in DISCRETE else train["budget"]
+    attack = attack if attack in DISCRETE else "char_obfuscate"
+    splits = load_text_run_data(run_dir)
+    model = load_text_run(run_dir, device=device)
+    report = audit_text(model, splits.x_test[:n], splits.y_test[:n], attack=attack, budget=int(budget), seed=seed)
+    report["model"] = str(run_dir)
+    write_json(Path(run_dir) / "audit.json", report)
+    return report
+
+
+__all__ = ["audit_text", "audit_text_run"]

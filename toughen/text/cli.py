@@ -15,9 +15,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from toughen.console import err, out, print_table as show_rows
+from toughen.console import err, out, print_table as show_rows, reveal
 from toughen.errors import ToughenUsageError
-from toughen.text.attacks.obfuscate import reveal
 
 
 # TrainConfig flags that mean nothing for text; passing one is an error, not a silent no-op

@@ -21,7 +21,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-import toughen
+from toughen._version import __version__
 from toughen import threat
 from toughen.errors import ToughenUsageError
 from toughen.runs import (
@@ -203,7 +203,7 @@ def train_text(cfg: TextTrainConfig, out: str | Path, *, overwrite: bool = False
             "train": cfg.to_dict(),
             "data_info": {"num_classes": splits.num_classes, "class_names": splits.class_names,
                           "n_train": len(splits.x_train), "n_val": len(splits.x_val), "n_test": len(splits.x_test)},
-            "toughen_version": toughen.__version__, "torch_version": str(torch.__version__), "git_revision": git_revision(),
+            "toughen_version": __version__, "torch_version": str(torch.__version__), "git_revision": git_revision(),
         }
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False, allow_unicode=True))
         start = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
-import toughen
+from toughen._version import __version__
 from toughen.attacks import Attack
 from toughen.data import load_data
 from toughen.evaluation import attack_correct, clean_correct
@@ -88,7 +88,7 @@ def train(
                 "n_test": len(splits.x_test),
             },
             "world_size": dist.world_size,  # processes that trained it (torchrun); 1 without
-            "toughen_version": toughen.__version__,
+            "toughen_version": __version__,
             "torch_version": str(torch.__version__),
             "git_revision": git_revision(),
         }

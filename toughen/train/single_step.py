@@ -17,7 +17,7 @@ from torch import nn
 
 from toughen import threat
 from toughen.attacks import pgd
-from toughen.train.recipes import RECIPES, RecipeContext, StepOutput, require_index, require_update
+from toughen.train._registry import RECIPES, RecipeContext, StepOutput, require_index, require_update
 
 SINGLE_STEP = ("fgsm", "fgsm_rs", "nfgsm", "gradalign", "free", "atta", "atta_free")
 

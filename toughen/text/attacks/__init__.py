@@ -16,30 +16,13 @@ untargeted, never change the model's mode, and leave no gradients on its paramet
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-import torch
-
-from toughen._registry import Registry
-
-
-@dataclass
-class TextAttackResult:
-    """Per example: the adversarial text (None for embedding-space attacks), whether the model
-    now misclassifies it, the edits it took, and the queries it cost."""
-
-    adv_texts: list[str] | None
-    success: torch.Tensor  # bool [N]
-    edits: torch.Tensor  # int64 [N]
-    queries: torch.Tensor  # int64 [N]
-
-
-TextAttack = Callable[..., TextAttackResult]
-TEXT_ATTACKS: Registry[TextAttack] = Registry("text attack")
-
-# discrete attacks count edits (an int budget); embedding-space ones take a radius
-DISCRETE = ("char_obfuscate", "word_substitute", "hotflip")
+from toughen.text.attacks import gradient as _gradient  # noqa: F401  (registers the attacks)
+from toughen.text.attacks import obfuscate as _obfuscate  # noqa: F401
+from toughen.text.attacks import substitute as _substitute  # noqa: F401
+from toughen.text.attacks._registry import DISCRETE, TEXT_ATTACKS, TextAttack, TextAttackResult
+from toughen.text.attacks.gradient import embed_pgd, embedding_pgd, hotflip
+from toughen.text.attacks.obfuscate import char_obfuscate
+from toughen.text.attacks.substitute import word_substitute
 
 
 def list_text_attacks() -> list[str]:
@@ -50,14 +33,7 @@ def get_text_attack(name: str) -> TextAttack:
     return TEXT_ATTACKS.get(name)
 
 
-from toughen.text.attacks import obfuscate as _obfuscate  # noqa: E402,F401  (registers the attacks)
-from toughen.text.attacks import substitute as _substitute  # noqa: E402,F401
-from toughen.text.attacks import gradient as _gradient  # noqa: E402,F401
-from toughen.text.attacks.obfuscate import char_obfuscate  # noqa: E402
-from toughen.text.attacks.substitute import word_substitute  # noqa: E402
-from toughen.text.attacks.gradient import embed_pgd, embedding_pgd, hotflip  # noqa: E402
-
 __all__ = [
-    "DISCRETE", "TEXT_ATTACKS", "TextAttackResult", "char_obfuscate", "embed_pgd", "embedding_pgd",
+    "DISCRETE", "TEXT_ATTACKS", "TextAttack", "TextAttackResult", "char_obfuscate", "embed_pgd", "embedding_pgd",
     "get_text_attack", "hotflip", "list_text_attacks", "word_substitute",
 ]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from toughen import threat
 from toughen.errors import ToughenUsageError
-from toughen.text.attacks import TEXT_ATTACKS, TextAttackResult
+from toughen.text.attacks._registry import TEXT_ATTACKS, TextAttackResult
 from toughen.attacks.losses import margin
 from toughen.text.attacks.greedy import as_str, check_budget
 from toughen.text.tokenize import clip, to_bytes

@@ -20,7 +20,7 @@ import torch
 
 from toughen.attacks.losses import margin
 from toughen.errors import ToughenUsageError
-from toughen.text.attacks import TextAttackResult
+from toughen.text.attacks._registry import TextAttackResult
 from toughen.text.models import predict
 
 _SPLIT = re.compile(r"(\s+)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from toughen.errors import ToughenUsageError
-from toughen.text.attacks import TEXT_ATTACKS, TextAttackResult
+from toughen.text.attacks._registry import TEXT_ATTACKS, TextAttackResult
 from toughen.text.attacks.greedy import greedy_search
 
 # Latin letters and look-alikes from other scripts (Cyrillic, Greek, Latin extensions).
@@ -27,12 +27,6 @@ LEET = {"a": "4", "b": "8", "e": "3", "g": "9", "i": "1", "l": "1", "o": "0", "s
         "A": "4", "B": "8", "E": "3", "G": "6", "I": "1", "O": "0", "S": "$", "T": "7"}
 ZERO_WIDTH = ("\u200b", "\u200c", "\u200d", "\u2060")  # zero-width space, non-joiner, joiner, word joiner
 OPS = ("homoglyph", "leet", "zero_width", "space", "swap", "delete", "duplicate")
-
-
-def reveal(text: str) -> str:
-    """``text`` with every non-ASCII character as a \\u escape, so that homoglyphs and
-    zero-width characters, which a terminal or a browser draws invisibly or identically, show."""
-    return ascii(text)[1:-1]
 
 
 def obfuscations(word: str, ops: tuple[str, ...] = OPS) -> list[str]:

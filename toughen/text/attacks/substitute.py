@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from toughen.text.attacks import TEXT_ATTACKS, TextAttackResult
+from toughen.text.attacks._registry import TEXT_ATTACKS, TextAttackResult
 from toughen.text.attacks.greedy import greedy_search
 
 GROUPS = [
