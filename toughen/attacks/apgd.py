@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from toughen import threat
-from toughen.attacks.losses import check_loss, loss_value
-from toughen.attacks.pgd import _check_inputs
+from toughen.attacks.losses import loss_value
+from toughen.attacks.pgd import _check_inputs, _settle
 from toughen.errors import ToughenUsageError
 from toughen.logits import logits_of
-from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
+from toughen.precision import autocast_for, confirm_fooled
 
 APGD_LOSSES = ("ce", "dlr")  # the two of AutoAttack
 
@@ -173,15 +173,11 @@ def apgd(
     threat.check_eps(eps, norm, bounds)
     if int(steps) != steps or steps < 1:
         raise ToughenUsageError(f"steps must be a whole number >= 1, got {steps}")
-    if restarts < 1:
-        raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
     if not 0 < rho <= 1:
         raise ToughenUsageError(f"rho must be in (0, 1], got {rho}")
     if n_target_classes < 0:
         raise ToughenUsageError(f"n_target_classes must be >= 0, got {n_target_classes}")
-    check_amp(amp)
-    amp = resolve_amp(model, x, y, amp)  # "auto": the faster of fp32 and bf16 here
-    check_loss(loss, APGD_LOSSES, "APGD")
+    amp = _settle(model, x, y, restarts=restarts, loss=loss, losses=APGD_LOSSES, attack="APGD", amp=amp)
     x = x.detach()
     out = x.clone()
     with torch.no_grad():

@@ -46,6 +46,17 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
         raise ToughenUsageError(f"target must have the shape of y {tuple(y.shape)}, got {tuple(target.shape)}")
 
 
+def _settle(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, restarts: int, loss: str,
+            losses: tuple[str, ...], attack: str, amp: str | None) -> str | None:
+    """The checks every attack makes of its restarts, loss and amp, then the amp it runs with
+    ("auto": the faster of fp32 and bf16 here, timed on x)."""
+    if restarts < 1:
+        raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
+    check_loss(loss, losses, attack)
+    check_amp(amp)
+    return resolve_amp(model, x, y, amp)
+
+
 def _offer(worst: _WorstCase, model: nn.Module, idx: torch.Tensor, x_new: torch.Tensor, y: torch.Tensor,
            target: torch.Tensor | None, logits: torch.Tensor, value: torch.Tensor, amp: str | None) -> torch.Tensor:
     """Offer the iterate ``x_new`` (rows ``idx`` of the batch) to ``worst``; return who it fools.
@@ -128,11 +139,7 @@ def pgd(
     threat.check_eps(eps, norm, bounds)
     if steps < 0 or int(steps) != steps:
         raise ToughenUsageError(f"steps must be a whole number >= 0, got {steps}")
-    if restarts < 1:
-        raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
-    check_loss(loss, LOSSES, "PGD")
-    check_amp(amp)
-    amp = resolve_amp(model, x, y, amp)  # "auto": the faster of fp32 and bf16 here
+    amp = _settle(model, x, y, restarts=restarts, loss=loss, losses=LOSSES, attack="PGD", amp=amp)
     if step_size is None:
         step_size = threat.default_step_size(eps, steps)
     check_number("step_size", step_size, low=0)

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from toughen import threat
-from toughen.attacks.losses import check_loss, loss_value, margin
-from toughen.attacks.pgd import _check_inputs
+from toughen.attacks.losses import loss_value, margin
+from toughen.attacks.pgd import _check_inputs, _settle
 from toughen.errors import ToughenUsageError
 from toughen.logits import logits_of
-from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
+from toughen.precision import autocast_for, confirm_fooled
 
 SQUARE_LOSSES = ("margin", "ce")
 
@@ -131,11 +131,7 @@ def square(
         raise ToughenUsageError(f"n_queries must be a whole number >= 1, got {n_queries}")
     if not 0 < p_init <= 1:
         raise ToughenUsageError(f"p_init must be in (0, 1], got {p_init}")
-    if restarts < 1:
-        raise ToughenUsageError(f"restarts must be >= 1, got {restarts}")
-    check_amp(amp)
-    amp = resolve_amp(model, x, y, amp)  # "auto": the faster of fp32 and bf16 here
-    check_loss(loss, SQUARE_LOSSES, "square")
+    amp = _settle(model, x, y, restarts=restarts, loss=loss, losses=SQUARE_LOSSES, attack="square", amp=amp)
 
     x = x.detach()
     lo, hi = bounds

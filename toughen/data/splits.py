@@ -18,17 +18,11 @@ from toughen.errors import ToughenUsageError
 VAL_SPLIT_SEED = 0
 
 
-@dataclass
-class Dataset:
-    """One dataset's fixed train/test split. Images are float32 NCHW inside ``bounds``."""
+class _Described:
+    """What models need to know of a dataset, from its training tensors and class names."""
 
-    name: str
     x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
     class_names: list[str]
-    bounds: tuple[float, float] = (0.0, 1.0)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -40,7 +34,20 @@ class Dataset:
 
 
 @dataclass
-class Splits:
+class Dataset(_Described):
+    """One dataset's fixed train/test split. Images are float32 NCHW inside ``bounds``."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: list[str]
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclass
+class Splits(_Described):
     """Train, validation and test tensors of a dataset, plus what models need to know of it."""
 
     name: str
@@ -54,14 +61,6 @@ class Splits:
     bounds: tuple[float, float]
     mean: list[float]  # per channel, of the training split: for a model's normalization layer
     std: list[float]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
 
 # A loader takes the data directory (None for built-in data) and whether it may download.
