@@ -2,9 +2,9 @@
 
     toughen sweep --grid "recipe=mix,trades lam=0.5,1,2 beta=1,6 eps=0.1,0.3" --data digits --out sweeps/a
 
-A grid key is any TrainConfig field. A recipe's own parameter (lam for mix, beta for trades; the
-table is ``RECIPE_PARAMETERS`` in toughen.train.recipes) multiplies only that recipe's points:
-the grid above is 3 x 2 mix runs plus 2 x 2 trades runs, 10 in all, not 2 x 3 x 2 x 2 = 24.
+A grid key is any TrainConfig field. A recipe's own parameter (lam for mix, beta for trades, as
+declared where the recipe is registered: toughen.train._registry.register_recipe) multiplies only
+that recipe's points: the grid above is 3 x 2 mix runs plus 2 x 2 trades runs, 10 in all, not 2 x 3 x 2 x 2 = 24.
 
 Each point is its own run directory under the sweep's, named from its values
 (``mix-lam0.5-eps0.1``). A point is finished when its summary.json exists (training writes it
@@ -24,7 +24,7 @@ from typing import Any, Callable
 from toughen.console import fmt_number
 from toughen.errors import ToughenUsageError
 from toughen.runs import LOCK_FILE, RunLock, write_json
-from toughen.train.recipes import RECIPE_PARAMETERS, recipe_parameters
+from toughen.train._registry import all_recipe_parameters, recipe_parameters
 
 PLAN_FILE = "sweep.json"
 
@@ -79,10 +79,11 @@ def plan(grid: dict[str, list[Any]], base: dict[str, Any]) -> list[dict[str, Any
     from toughen.train.config import TrainConfig
 
     recipes = grid.get("recipe", [base.get("recipe", TrainConfig.recipe)])
-    specific = {p for params in RECIPE_PARAMETERS.values() for p in params}
+    owners = all_recipe_parameters()
+    specific = {p for params in owners.values() for p in params}
     for key in grid:
         if key in specific and not any(key in recipe_parameters(r) for r in recipes):
-            users = [r for r, params in RECIPE_PARAMETERS.items() if key in params]
+            users = [r for r, params in owners.items() if key in params]
             raise ToughenUsageError(f"--grid: {key} applies only to the recipe(s) {', '.join(users)}, and the sweep "
                                     f"has none of them ({', '.join(map(str, recipes))}); add one to recipe=...")
     points = []

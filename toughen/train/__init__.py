@@ -32,7 +32,7 @@ from toughen.train.loop import (
     TIMING_FIELDS, TrainingDiverged, choose_training_precision, fit, with_precision,
 )
 from toughen.train.recipes import RECIPES, RecipeContext, StepOutput, list_recipes
-from toughen.train.single_step import SINGLE_STEP
+from toughen.train import single_step  # noqa: F401  (registers the single-step recipes)
 
 
 def train(
@@ -210,6 +210,6 @@ def _guard_summary(cfg: TrainConfig, history: list[dict]) -> dict[str, Any]:
 
 
 __all__ = [
-    "RECIPES", "SINGLE_STEP", "TIMING_FIELDS", "RecipeContext", "StepOutput", "TrainConfig", "TrainingDiverged",
+    "RECIPES", "TIMING_FIELDS", "RecipeContext", "StepOutput", "TrainConfig", "TrainingDiverged",
     "fit", "list_recipes", "resume", "train",
 ]

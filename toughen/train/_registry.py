@@ -66,25 +66,55 @@ Recipe = Callable[[nn.Module, torch.Tensor, torch.Tensor, RecipeContext], StepOu
 RECIPES: Registry[Recipe] = Registry("recipe")
 
 
+@dataclass(frozen=True)
+class RecipeTraits:
+    """What the rest of toughen needs to know of a recipe, declared where it is registered.
+
+    parameters: the TrainConfig fields only this recipe reads; a sweep varies them only for it
+        and the report shows them next to its name (every other field applies to all recipes).
+    single_step: one gradient computation per attack step; the catastrophic-overfitting guard
+        (toughen.train.guard) watches it.
+    per_example: it keeps one perturbation per training example between epochs (in ctx.state),
+        so it cannot take random crops, flips or torchrun.
+    """
+
+    parameters: tuple[str, ...] = ()
+    single_step: bool = False
+    per_example: bool = False
+
+
+TRAITS: dict[str, RecipeTraits] = {}
+
+
+def register_recipe(name: str, *, parameters: tuple[str, ...] = (), single_step: bool = False,
+                    per_example: bool = False) -> Callable[[Recipe], Recipe]:
+    """Register a recipe under ``name`` with its traits (:class:`RecipeTraits`), in one place."""
+    add = RECIPES.register(name)
+
+    def register(fn: Recipe) -> Recipe:
+        add(fn)
+        TRAITS[name] = RecipeTraits(tuple(parameters), single_step, per_example)
+        return fn
+
+    return register
+
+
+def traits(recipe: str) -> RecipeTraits:
+    """The traits of a registered recipe (none for an unregistered name)."""
+    return TRAITS.get(recipe, RecipeTraits())
+
+
 def list_recipes() -> list[str]:
     return RECIPES.names()
 
 
-# Parameters that belong to one recipe only: a sweep varies them only for those recipes and the
-# report shows them next to the recipe's name. Every other TrainConfig field applies to all.
-# (Recipes not registered in this version are harmless here.)
-RECIPE_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "mix": ("lam",),
-    "trades": ("beta",),
-    "mart": ("beta",),
-    "free": ("free_replays",),
-    "gradalign": ("gradalign_lambda",),
-    "augment": ("noise_std", "augment_flip"),
-}
-
-
 def recipe_parameters(recipe: str) -> tuple[str, ...]:
-    return RECIPE_PARAMETERS.get(recipe, ())
+    return traits(recipe).parameters
+
+
+def all_recipe_parameters() -> dict[str, tuple[str, ...]]:
+    """Each registered recipe with parameters of its own: {recipe: its parameters}."""
+    return {name: t.parameters for name, t in TRAITS.items() if t.parameters}
 
 
 def require_index(ctx: RecipeContext, recipe: str) -> tuple[torch.Tensor, int]:

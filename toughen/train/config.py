@@ -9,6 +9,7 @@ from typing import Any
 from toughen import threat
 from toughen.errors import ToughenUsageError, check_number
 from toughen.precision import check_amp, check_channels_last
+from toughen.train._registry import traits
 
 OPTIMIZERS = ("sgd", "adam")
 # Every numeric field: its range (toughen.errors.check_number), checked before anything is
@@ -138,17 +139,13 @@ class TrainConfig:
     def guarded(self) -> bool:
         """Whether the catastrophic-overfitting guard watches this run: it is on and the recipe
         is a single-step one."""
-        from toughen.train.single_step import SINGLE_STEP
-
-        return self.guard and self.recipe in SINGLE_STEP
+        return self.guard and traits(self.recipe).single_step
 
     def per_example_recipe(self) -> str | None:
         """The recipe of this run, or the guard's fallback, that remembers each training example
         between epochs (atta, atta_free), if any: it cannot take crops, flips or torchrun."""
-        from toughen.train.single_step import PER_EXAMPLE
-
         candidates = [self.recipe] + ([self.guard_fallback] if self.guarded() else [])
-        return next((r for r in candidates if r in PER_EXAMPLE), None)
+        return next((r for r in candidates if traits(r).per_example), None)
 
     def _validate_new_fields(self) -> None:
         from toughen.train.recipes import RECIPES

@@ -26,19 +26,19 @@ from torch import nn
 from toughen import threat
 from toughen.data.augment import random_crop, random_flip
 from toughen.train._registry import (  # noqa: F401  (the recipe contract, imported from here too)
-    RECIPE_PARAMETERS, RECIPES, Recipe, RecipeContext, StepOutput, list_recipes, recipe_parameters,
-    require_index, require_update,
+    RECIPES, Recipe, RecipeContext, StepOutput, list_recipes, recipe_parameters, register_recipe, require_index,
+    require_update, traits,
 )
 
 
-@RECIPES.register("standard")
+@register_recipe("standard")
 def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """Empirical risk minimization on clean inputs: the undefended baseline."""
     logits = model(x)
     return StepOutput(F.cross_entropy(logits, y), clean_logits=logits)
 
 
-@RECIPES.register("pgd")
+@register_recipe("pgd")
 def madry(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """Madry et al. (2018): min_theta E[max_{||delta|| <= eps} L(f(x + delta), y)], the inner
     max approximated by PGD; the model is trained on adversarial inputs only."""
@@ -47,7 +47,7 @@ def madry(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext
     return StepOutput(F.cross_entropy(logits_adv, y), adv_logits=logits_adv)
 
 
-@RECIPES.register("mix")
+@register_recipe("mix", parameters=("lam",))
 def mix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """The mixed objective L(f(x), y) + lam * L(f(x_adv), y) (Goodfellow et al. 2015 used
     alpha * L_clean + (1 - alpha) * L_adv; lam = (1 - alpha) / alpha)."""
@@ -58,7 +58,7 @@ def mix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) 
     return StepOutput(loss, clean_logits=clean, adv_logits=adv)
 
 
-@RECIPES.register("trades")
+@register_recipe("trades", parameters=("beta",))
 def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
     Accuracy"): min CE(f(x), y) + beta * KL(f(x) || f(x')), where x' maximizes the same KL
@@ -92,7 +92,7 @@ def kl_ascent(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, ctx: Rec
     return (x + delta).detach()
 
 
-@RECIPES.register("mart")
+@register_recipe("mart", parameters=("beta",))
 def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """MART (Wang et al. 2020, "Improving Adversarial Robustness Requires Revisiting
     Misclassified Examples"): a boosted CE on the PGD example,
@@ -111,7 +111,7 @@ def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
     return StepOutput(loss, clean_logits=clean, adv_logits=adv)
 
 
-@RECIPES.register("augment")
+@register_recipe("augment", parameters=("noise_std", "augment_flip"))
 def augment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """The data-augmentation baseline the robust recipes are compared with: a random crop
     (pad by 1/8 of the side, shift), an optional horizontal flip, and Gaussian noise of

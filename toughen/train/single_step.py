@@ -6,7 +6,7 @@ next), so their single steps add up to a multi-step attack.
 They are fast and known to fail: with a large eps, single-step training can collapse within an
 epoch to 0% robust accuracy against PGD while its own attack still looks beaten
 ("catastrophic overfitting", Wong et al. 2020). The loop's guard (toughen.train.guard) watches
-these recipes with a PGD probe; SINGLE_STEP names them.
+these recipes with a PGD probe (they are registered with ``single_step=True``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from torch import nn
 
 from toughen import threat
 from toughen.attacks import pgd
-from toughen.train._registry import RECIPES, RecipeContext, StepOutput, require_index, require_update
+from toughen.train._registry import (
+    RecipeContext, StepOutput, register_recipe, require_index, require_update,
+)
 
-SINGLE_STEP = ("fgsm", "fgsm_rs", "nfgsm", "gradalign", "free", "atta", "atta_free")
 
 
 def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext, *,
@@ -36,21 +37,21 @@ def _train_on(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> StepOut
     return StepOutput(F.cross_entropy(logits_adv, y), adv_logits=logits_adv)
 
 
-@RECIPES.register("fgsm")
+@register_recipe("fgsm", single_step=True)
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """FGSM training (Goodfellow et al. 2015): train on x + eps * sign(grad_x L(x, y)), one step
     from a zero start. Prone to catastrophic overfitting at large eps."""
     return _train_on(model, _one_step(model, x, y, ctx, step_size=ctx.eps, random_start=False), y)
 
 
-@RECIPES.register("fgsm_rs")
+@register_recipe("fgsm_rs", single_step=True)
 def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """FGSM with a random start (Wong et al. 2020, "Fast is better than free"): delta ~ U(ball),
     one step of 1.25 eps, projected back to the eps-ball."""
     return _train_on(model, _one_step(model, x, y, ctx, step_size=1.25 * ctx.eps, random_start=True), y)
 
 
-@RECIPES.register("nfgsm")
+@register_recipe("nfgsm", single_step=True)
 def nfgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """N-FGSM (de Jorge et al. 2022, "Make Some Noise"): noise eta ~ U(-2 eps, 2 eps), then one
     step of eps from x + eta, and no projection back to the eps-ball (the perturbation may
@@ -73,7 +74,7 @@ def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, create_gra
     return grad
 
 
-@RECIPES.register("gradalign")
+@register_recipe("gradalign", parameters=("gradalign_lambda",), single_step=True)
 def gradalign(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """FGSM + GradAlign (Andriushchenko and Flammarion 2020, "Understanding and Improving Fast
     Adversarial Training"): CE on the FGSM example plus
@@ -93,7 +94,7 @@ def gradalign(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     return out
 
 
-@RECIPES.register("free")
+@register_recipe("free", parameters=("free_replays",), single_step=True)
 def free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """Free adversarial training (Shafahi et al. 2019, "Adversarial Training for Free!"): each
     minibatch is replayed m = free_replays times; every replay's one backward pass gives both the
@@ -123,8 +124,6 @@ def free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
 # time) -> 15%. atta_free takes two such steps per visit; at 10 epochs, 0.5 for both (43.6% under
 # PGD-50, validation 43.3%) beat 0.25 for both (41.3%, 41.3%) and 0.5 then 0.25 (42.1%, 39.8%).
 ATTA_STEP = 0.5
-# The recipes that keep one perturbation per training example between epochs (in ctx.state).
-PER_EXAMPLE = ("atta", "atta_free")
 
 
 def _stored_start(x: torch.Tensor, ctx: RecipeContext) -> torch.Tensor:
@@ -158,7 +157,7 @@ def _atta_step(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, ctx: Re
     return threat.step(x, delta, grad, ATTA_STEP * ctx.eps, ctx.eps, ctx.norm, ctx.bounds)
 
 
-@RECIPES.register("atta")
+@register_recipe("atta", single_step=True, per_example=True)
 def atta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """ATTA-1 (Zheng et al. 2020, "Efficient Adversarial Training with Transferable Adversarial
     Examples"): every training example keeps its perturbation from one epoch to the next, and each
@@ -180,7 +179,7 @@ def atta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
     return _train_on(model, (x + delta).detach(), y)
 
 
-@RECIPES.register("atta_free")
+@register_recipe("atta_free", single_step=True, per_example=True)
 def atta_free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """ATTA (Zheng et al. 2020; see ``atta``) with Free's trick (Shafahi et al. 2019, "Adversarial
     Training for Free!"): the training step's backward pass at x + delta yields the input's
