@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from toughen.errors import ToughenUsageError
+from toughen.models import build_model
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "summary.json", "evaluations.jsonl",
              "model_last.safetensors", "checkpoint.pt", "model_raw.safetensors", "audit.json", "report.html",
@@ -97,8 +100,6 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def record_evaluation(run_dir: str | Path, result: dict) -> None:
     """Append an evaluation's result (JSON-serializable values only) to RUN_DIR/evaluations.jsonl."""
-    import time
-
     append_jsonl(Path(run_dir) / "evaluations.jsonl", {**result, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
@@ -181,8 +182,6 @@ class RunLock:
     A second writer is refused at once, with the owner's pid, even with --overwrite."""
 
     def __init__(self, run_dir: str | Path):
-        import fcntl
-
         self.run_dir = run_dir = Path(run_dir)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -236,8 +235,6 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
         >>> model = toughen.load("runs/demo")
         >>> logits = model(x)  # x in [0, 1]
     """
-    from toughen.models import build_model
-
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     weights = run_weights(run_dir)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from toughen.console import fmt_number
 from toughen.errors import ToughenUsageError
 from toughen.runs import LOCK_FILE, RunLock, write_json
+from toughen.train import TrainConfig, TrainingDiverged, train
 from toughen.train._registry import all_recipe_parameters, recipe_parameters
 
 PLAN_FILE = "sweep.json"
@@ -48,8 +49,6 @@ def _parse_value(text: str, key: str, default: Any) -> Any:
 
 def parse_grid(text: str) -> dict[str, list[Any]]:
     """``"recipe=mix,trades lam=0.5,1"`` -> ``{"recipe": ["mix", "trades"], "lam": [0.5, 1.0]}``."""
-    from toughen.train.config import TrainConfig
-
     defaults = {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
     grid: dict[str, list[Any]] = {}
     for token in text.split():
@@ -76,8 +75,6 @@ def _point_name(values: dict[str, Any]) -> str:
 def plan(grid: dict[str, list[Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
     """The points of the grid: ``[{"name", "values"}]``, each recipe multiplied only by the keys
     that apply to it. Raises when a recipe parameter applies to none of the sweep's recipes."""
-    from toughen.train.config import TrainConfig
-
     recipes = grid.get("recipe", [base.get("recipe", TrainConfig.recipe)])
     owners = all_recipe_parameters()
     specific = {p for params in owners.values() for p in params}
@@ -112,8 +109,6 @@ def run_sweep(
     """Train every point of the grid not yet finished under ``out``; return one row per point (its
     values and test accuracies). ``toughen sweep`` then writes ``out/report.html`` with
     :func:`toughen.report.build_report`."""
-    from toughen.train import TrainConfig
-
     log = log or (lambda message: None)
     grid = parse_grid(grid_text)
     clash = sorted(set(grid) & set(base))
@@ -153,8 +148,6 @@ def _check_sweep_dir(out: Path, base: dict[str, Any], points: list[dict[str, Any
 def _run_point(out: Path, point: dict[str, Any], cfg, tag: str, log: Callable[[str], None], progress: bool,
                device: str) -> dict[str, Any]:
     """Train one point of the grid unless it finished earlier; its row of the sweep's table."""
-    from toughen.train import TrainingDiverged, train
-
     run_dir = out / point["name"]
     summary = _finished_summary(run_dir / "summary.json")
     if summary is not None:

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toughen import threat
+from toughen.data import DATASETS
 from toughen.errors import ToughenUsageError, check_number
+from toughen.models import MODELS
 from toughen.precision import check_amp, check_channels_last
-from toughen.train._registry import traits
+from toughen.train._registry import RECIPES, traits
 
 OPTIMIZERS = ("sgd", "adam")
 # Every numeric field: its range (toughen.errors.check_number), checked before anything is
@@ -94,10 +96,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check everything that can be checked before any file is written or data loaded."""
-        from toughen.data import DATASETS
-        from toughen.models import MODELS
-        from toughen.train.recipes import RECIPES
-
         DATASETS.get(self.data)
         MODELS.get(self.model)
         RECIPES.get(self.recipe)
@@ -148,8 +146,6 @@ class TrainConfig:
         return next((r for r in candidates if traits(r).per_example), None)
 
     def _validate_new_fields(self) -> None:
-        from toughen.train.recipes import RECIPES
-
         if self.guard_ratio >= 1:
             raise ToughenUsageError(f"guard_ratio must be in (0, 1), got {self.guard_ratio}")
         if self.select not in SELECT_MODES:
