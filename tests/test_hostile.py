@@ -415,3 +415,12 @@ def test_an_eof_error_is_explained_not_turned_into_a_bare_abort(run, capsys, mon
     code, _, stderr = run_cli(["train", "--resume", str(run)], capsys)
     assert code == 2 and "corrupted or not what it should be (EOFError: Ran out of input)" in stderr, stderr
     assert "Aborted" not in stderr
+
+
+def test_l2_restarts_after_every_example_is_fooled(run, capsys):
+    """The probe's `eval --norm l2 --eps 7 --restarts 2`: once every example is fooled, the next
+    restart has an empty batch to start from (it used to crash in random_start)."""
+    code, stdout, stderr = run_cli(["eval", str(run), "--norm", "l2", "--eps", "7", "--restarts", "2", "--steps", "2",
+                                    "--n", "20", "--json"], capsys)
+    assert code == 0, stderr
+    assert json.loads(stdout)["robust_accuracy"] == 0.0
