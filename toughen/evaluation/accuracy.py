@@ -10,22 +10,17 @@ from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from toughen.evaluation.cascade import cascade, model_device, shared
 from toughen.logits import logits_of
-
-
-def _batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
 
 
 @torch.no_grad()
 def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Per-example bool: the model classifies the clean input correctly."""
-    device = next(model.parameters()).device
-    out = [logits_of(model, x[s].to(device)).argmax(1).cpu() == y[s]
-           for s in _batches(len(x), batch_size)]
+    """Per-example bool (on the CPU): the model classifies the clean input correctly."""
+    device = model_device(model)
+    out = [logits_of(model, x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size].cpu()
+           for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
@@ -45,18 +40,10 @@ def attack_correct(
 ) -> torch.Tensor:
     """Per-example bool: the model still classifies the attacked input correctly.
 
-    An example the model already gets wrong counts as not robust, and is not attacked.
+    An example the model already gets wrong counts as not robust, and is not attacked. The batches
+    are the slices of ``batch_size`` examples of x, each attacking its clean-correct ones, and draw
+    in turn from ``generator``.
     """
-    device = next(model.parameters()).device
-    robust = torch.zeros(len(x), dtype=torch.bool)
-    slices = list(_batches(len(x), batch_size))
-    for s in tqdm(slices, desc=desc, disable=not progress, leave=False):
-        xb, yb = x[s].to(device), y[s].to(device)
-        with torch.no_grad():
-            ok = logits_of(model, xb).argmax(1) == yb
-        if ok.any():
-            x_adv = attack(model, xb[ok], yb[ok], eps=eps, norm=norm, bounds=bounds, generator=generator)
-            with torch.no_grad():
-                ok[ok.clone()] = logits_of(model, x_adv).argmax(1) == yb[ok]
-        robust[s] = ok.cpu()
-    return robust
+    return cascade(model, x, y, [attack], eps=eps, norm=norm, bounds=bounds,
+                   robust=clean_correct(model, x, y, batch_size), batch_size=batch_size, pack=False,
+                   generators=shared(generator), progress=progress, labels=[desc])

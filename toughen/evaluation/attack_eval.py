@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from toughen.attacks import Attack
-from toughen.evaluation.accuracy import attack_correct, clean_correct
+from toughen.evaluation.accuracy import clean_correct
+from toughen.evaluation.cascade import cascade, model_device, shared
 
 
 def evaluate_attack(
@@ -30,14 +31,12 @@ def evaluate_attack(
     Returns a dict with ``clean_accuracy``, ``robust_accuracy``, ``attack``, ``eps``, ``norm``,
     ``n``, ``seconds`` and the per-example ``robust`` mask (a bool tensor).
     """
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed)
     start = time.perf_counter()
     clean = clean_correct(model, x, y, batch_size)
-    robust = attack_correct(
-        model, x, y, attack, eps=eps, norm=norm, bounds=bounds, batch_size=batch_size,
-        generator=generator, progress=progress, desc=attack.label,
-    )
+    # attack_correct's batches and generator, from the clean mask already at hand
+    robust = cascade(model, x, y, [attack], eps=eps, norm=norm, bounds=bounds, robust=clean.clone(),
+                     batch_size=batch_size, pack=False, generators=shared(generator), progress=progress)
     return {
         "clean_accuracy": clean.float().mean().item(),
         "robust_accuracy": robust.float().mean().item(),

@@ -2,8 +2,8 @@
 
 AutoAttack's semantics (Croce and Hein 2020): one per-example ``robust`` mask; each attack runs
 only on the examples still robust and can only flip them to not robust, so the final mask is the
-worst case over every attack in the list, and cheap attacks that go first save the expensive
-ones work.
+worst case over every attack in the list (the loop is :func:`toughen.evaluation.cascade.cascade`;
+a long evaluation resumes from a state file, :mod:`toughen.evaluation.resume`).
 
     result = toughen.evaluate(model, x, y, suite="standard", eps=0.3)
     result["robust_accuracy"], result["per_attack"]
@@ -19,9 +19,7 @@ Named suites:
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,10 +30,12 @@ from tqdm.auto import tqdm
 
 from toughen import threat
 from toughen.attacks import ATTACKS, Attack
-from toughen.logits import logits_of
 from toughen.errors import ToughenUsageError
+from toughen.evaluation.accuracy import clean_correct
+from toughen.evaluation.cascade import Batch, cascade, model_device, per_batch
+from toughen.evaluation.resume import State, fingerprint, pack
+from toughen.precision import channels_last, check_amp, choose_precision
 from toughen.runtime import stream_seed
-from toughen.precision import Precision, channels_last, check_amp, choose_precision
 
 SUITES: dict[str, list[Attack]] = {
     "quick": [
@@ -95,60 +95,8 @@ def resolve_suite(suite: str | Sequence[Attack]) -> tuple[str, list[Attack]]:
     return "custom", attacks
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _chunks(idx: torch.Tensor, size: int) -> list[torch.Tensor]:
-    return [idx[i:i + size] for i in range(0, len(idx), size)]
-
-
-class _State:
-    """The resume file of a long evaluation: which attacks (and, inside the current attack, which
-    batches) are done, and the robust mask so far. Written atomically after every batch; a run
-    with different settings or inputs ignores it."""
-
-    def __init__(self, path: Path | None, key: str):
-        self.path, self.key = path, key
-        self.data: dict[str, Any] = {}
-        if path is not None and path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                data = {}
-            if data.get("key") == key:
-                self.data = data
-
-    def save(self, **data: Any) -> None:
-        if self.path is None:
-            return
-        from toughen.runs import write_json
-
-        self.data = {"key": self.key, **data}
-        write_json(self.path, self.data)
-
-    def clear(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-
-def _key(model: nn.Module, x: torch.Tensor, y: torch.Tensor, labels: list[str], eps, norm, bounds, seed,
-         batch_size) -> str:
-    """A fingerprint of everything that decides the result, so a stale state file is never reused."""
-    h = hashlib.sha256()
-    for t in list(model.state_dict().values()) + [x, y]:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(json.dumps([labels, eps, norm, list(bounds), seed, batch_size]).encode())
-    return h.hexdigest()[:32]
-
-
-def _pack(mask: torch.Tensor) -> str:
-    return "".join("1" if b else "0" for b in mask.tolist())
-
-
-def _unpack(text: str) -> torch.Tensor:
-    return torch.tensor([c == "1" for c in text], dtype=torch.bool)
+# toughen.evaluation.audit takes the model's device from here
+_device = model_device
 
 
 def evaluate(
@@ -202,50 +150,38 @@ def evaluate(
         raise ToughenUsageError(f"x and y must be non-empty and of the same length, got {len(x)} and {len(y)}")
     if batch_size < 1:
         raise ToughenUsageError(f"batch_size must be >= 1, got {batch_size}")
-    device = _device(model)
+    device = model_device(model)
     start = time.perf_counter()
-    labels = [a.label for a in attacks]
-    state = _State(Path(state_file) if state_file is not None else None,
-                   _key(model, x, y, labels, eps, norm, bounds, seed, batch_size) if state_file is not None else "")
+    state = State(Path(state_file) if state_file is not None else None,
+                  lambda: fingerprint(model, x, y, [a.label for a in attacks], eps, norm, bounds, seed, batch_size))
 
-    with torch.no_grad():
-        clean = torch.cat([logits_of(model, x[s].to(device)).argmax(1).cpu() == y[s].cpu()
-                           for s in (slice(i, i + batch_size) for i in range(0, len(x), batch_size))])
-    robust = clean.clone()
-    per_attack: list[dict[str, Any]] = list(state.data.get("per_attack", []))
-    if "robust" in state.data:
-        robust = _unpack(state.data["robust"])
-    if "precision" in state.data:  # a resumed evaluation goes on as it started
-        precision = Precision.from_dict(state.data["precision"])
-    else:
-        precision = choose_precision(model, x[:batch_size].to(device), y[:batch_size].to(device), amp=amp,
-                                     channels_last=fast_layout if x.dim() == 4 else False)
+    clean = clean_correct(model, x, y, batch_size)
+    robust = state.robust(clean)  # the mask so far, when resuming
+    per_attack = state.per_attack()  # the rows of the attacks finished before an interruption
+    resume_at, seconds = state.start()  # seconds: of the attack under way
+    # a resumed evaluation goes on in the precision it started with
+    precision = state.precision() or choose_precision(model, x[:batch_size].to(device), y[:batch_size].to(device),
+                                                      amp=amp, channels_last=fast_layout if x.dim() == 4 else False)
     attacks = with_amp(attacks, precision.amp)
+
+    # The resume file is written from the cascade's callbacks: after every batch, and every attack.
+    def on_batch(step: Batch) -> None:
+        nonlocal seconds
+        seconds += step.seconds
+        state.save(per_attack=per_attack, robust=pack(robust), attack=step.attack, todo=pack(step.todo),
+                   batches_done=step.batch + 1, seconds=seconds, precision=precision.to_dict())
+
+    def on_attack(a_i: int) -> None:
+        nonlocal seconds
+        per_attack.append({"attack": short_label(attacks[a_i]), "robust_accuracy": robust.float().mean().item(),
+                           "seconds": seconds})
+        seconds = 0.0
+        state.save(per_attack=per_attack, robust=pack(robust), precision=precision.to_dict())
+
     with channels_last(model, precision.channels_last):
-        for a_i, attack in enumerate(attacks):
-            if a_i < len(per_attack):
-                continue  # finished before an interruption
-            resumed = state.data.get("attack") == a_i
-            todo = _unpack(state.data["todo"]) if resumed else robust.clone()
-            done_batches = state.data.get("batches_done", 0) if resumed else 0
-            seconds = state.data.get("seconds", 0.0) if resumed else 0.0
-            chunks = _chunks(todo.nonzero().squeeze(1), batch_size)
-            for b_i, idx in enumerate(tqdm(chunks, desc=attack.label, disable=not progress, leave=False)):
-                if b_i < done_batches:
-                    continue
-                t0 = time.perf_counter()
-                xb, yb = x[idx].to(device), y[idx].to(device)
-                gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * a_i + b_i)
-                x_adv = attack(model, xb, yb, eps=eps, norm=norm, bounds=bounds, generator=gen)
-                with torch.no_grad():
-                    still = (logits_of(model, x_adv).argmax(1) == yb).cpu()
-                robust[idx] &= still  # an attack can only flip examples to not robust
-                seconds += time.perf_counter() - t0
-                state.save(per_attack=per_attack, robust=_pack(robust), attack=a_i, todo=_pack(todo),
-                           batches_done=b_i + 1, seconds=seconds, precision=precision.to_dict())
-            per_attack.append({"attack": short_label(attack), "robust_accuracy": robust.float().mean().item(),
-                               "seconds": seconds})
-            state.save(per_attack=per_attack, robust=_pack(robust), precision=precision.to_dict())
+        cascade(model, x, y, attacks, eps=eps, norm=norm, bounds=bounds, robust=robust, batch_size=batch_size,
+                generators=per_batch(seed, device), start=resume_at, on_batch=on_batch, on_attack=on_attack,
+                progress=progress)
     state.clear()
     return {
         "clean_accuracy": clean.float().mean().item(),
@@ -333,10 +269,9 @@ def robustness_curve(
         raise ToughenUsageError("the eps list is empty; give values such as 0.1,0.2,0.3")
     for e in eps_values:
         threat.check_eps(e, norm, bounds)
-    device = _device(model)
-    with torch.no_grad():
-        alive = torch.cat([logits_of(model, x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size].cpu()
-                           for i in range(0, len(x), batch_size)])
+    if len(x) != len(y) or len(x) == 0:
+        raise ToughenUsageError(f"x and y must be non-empty and of the same length, got {len(x)} and {len(y)}")
+    alive = clean_correct(model, x, y, batch_size)
     rows = []
     for e in eps_values:
         idx = alive.nonzero().squeeze(1)
