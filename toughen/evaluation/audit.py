@@ -24,9 +24,11 @@ from torch import nn
 from toughen import threat
 from toughen.attacks import Attack
 from toughen.errors import ToughenUsageError, check_number
-from toughen.evaluation.suite import _device, evaluate
+from toughen.evaluation.cascade import model_device
+from toughen.evaluation.suite import evaluate
 from toughen.logits import logits_of
 from toughen.run_kinds import kind_of
+from toughen.runtime import check_device
 
 PASS, SUSPICIOUS = "pass", "suspicious"
 
@@ -109,7 +111,7 @@ def audit(
     check_number("steps (--steps)", steps, low=1, whole=True)
     check_number("n_queries (--queries)", n_queries, low=1, whole=True)
     start = time.perf_counter()
-    device = _device(model)
+    device = model_device(model)
     x, y = x.to(device), y.to(device)
     n = len(x)
     tol = tolerance + 1.0 / n
@@ -274,8 +276,6 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
 
     from toughen.data import load_data
     from toughen.runs import load, read_config, write_json
-    from toughen.runtime import check_device
-
     dev = check_device(device)
     if run_dir is not None:
         if model_spec is not None:

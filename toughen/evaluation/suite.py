@@ -95,10 +95,6 @@ def resolve_suite(suite: str | Sequence[Attack]) -> tuple[str, list[Attack]]:
     return "custom", attacks
 
 
-# toughen.evaluation.audit takes the model's device from here
-_device = model_device
-
-
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
