@@ -1,11 +1,15 @@
-"""The training loop: schedules, the per-batch recipe step, the guard, per-epoch validation,
-model selection, cost accounting and checkpoints.
+"""The training loop, Madry et al.'s algorithm with schedules, a guard and checkpoints:
 
     for each epoch:
-        for each batch:   lr and eps from the schedules; the recipe's loss; update (or the
-                          recipe's own updates); the guard's probe every guard_every batches
+        for each batch:   lr and eps from the schedules; the recipe's loss (its attack inside);
+                          update (or the recipe's own updates); the guard's probe every
+                          guard_every batches
         guard probe (single-step recipes), validation, best-epoch selection, metrics row,
         checkpoint; early stop after `patience` epochs without a better one
+
+:func:`fit` is that loop. What it trains and checkpoints is a
+:class:`~toughen.train.state.TrainingState`; an epoch's pieces (the recipe in use, the guard's
+probe, the metrics row, the best-epoch selection) are in :mod:`toughen.train.epoch`.
 """
 
 from __future__ import annotations
@@ -14,28 +18,27 @@ import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from toughen import threat
 from toughen.attacks import Attack
 from toughen.data import Splits
-from toughen.data.augment import crop_flip
 from toughen.errors import ToughenUsageError
 from toughen.evaluation import attack_correct, clean_correct
 from toughen.precision import AUTO, Precision, autocast_for, choose_precision
 from toughen.runs import append_jsonl, atomic_write_text, save_weights
-from toughen.runtime import SINGLE, Dist, stream_seed
-from toughen.train.checkpoint import CHECKPOINT, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from toughen.runtime import SINGLE, Dist
+from toughen.train.checkpoint import CHECKPOINT, load_checkpoint
 from toughen.train.config import TrainConfig
 from toughen.train.cost import PassCounter
-from toughen.train.guard import PGD2, Guard
-from toughen.train.recipes import RECIPES, RecipeContext
+from toughen.train.epoch import EpochTally, Selection, metrics_row, probe_guard, recipe_in_use, row_recipe
 from toughen.train.schedules import eps_at, lr_factor
+from toughen.train.state import TrainingState
 
 # Fields of a metrics row that measure time, not training: they differ between identical runs.
 TIMING_FIELDS = ("seconds", "guard_seconds", "val_seconds")
@@ -107,10 +110,6 @@ def validate(model: nn.Module, splits: Splits, cfg: TrainConfig, generator: torc
     return clean / len(splits.y_val), robust / len(splits.y_val)
 
 
-def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().cpu() for k, v in state.items()}
-
-
 def fit(
     model: nn.Module,
     splits: Splits,
@@ -139,237 +138,150 @@ def fit(
     the same arguments: each trains on its shard of every global batch through DDP, the metrics
     are the whole job's, and only rank 0 writes files or calls ``on_epoch``.
     """
+    check_distributable(cfg, dist)
+    device = next(model.parameters()).device
+    if AUTO in (cfg.amp, cfg.channels_last):  # train() settles and records these; a direct caller gets them here
+        cfg = with_precision(cfg, choose_training_precision(model, splits, cfg, dist))
+    if run_dir is not None and metrics_path is None:
+        metrics_path = Path(run_dir) / "metrics.jsonl"
+    state = TrainingState.create(model, make_optimizer(model, cfg), splits, cfg, dist)
+    ctx, guard = state.ctx, state.guard
+    history, selection, start_epoch = [], Selection(), 1
+    if resume and run_dir is not None:
+        history, selection, start_epoch = resume_run(run_dir, metrics_path, state)
+    # A resumed run's weights come from trained epochs: a NaN loss then is not the data's fault.
+    update = ctx.update = OptimizerStep(state, run_dir, updates=1 if start_epoch > 1 else 0)
+
+    n = len(splits.x_train)
+    batches_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * batches_per_epoch
+    counter = PassCounter(model).attach()
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if selection.out_of_patience(epoch, cfg.patience):
+                break
+            model.train()
+            start = time.perf_counter()
+            tally = EpochTally()
+            counter.take()
+            order = torch.randperm(n, generator=state.shuffle_gen)
+            bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
+                       disable=not progress or not dist.is_main, leave=False)
+            for b in bar:
+                progress_frac = ((epoch - 1) * batches_per_epoch + b) / total
+                lr = set_lr(state.optimizer, cfg.lr * lr_factor(cfg.lr_schedule, progress_frac))
+                recipe = recipe_in_use(guard, cfg)
+                ctx.steps = recipe.steps
+                # A fresh step size for the warmed-up eps keeps the attack's reach proportional.
+                ctx.eps = eps_at(cfg.eps, cfg.eps_warmup, progress_frac)
+                ctx.step_size = recipe.step_size * (ctx.eps / cfg.eps if cfg.eps > 0 else 1.0)
+                global_idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                idx = dist.shard(global_idx)  # this rank's part of the global batch
+                update.at(epoch, b, grad_weight=dist.world_size * len(idx) / len(global_idx))
+                x, y = state.batch(idx)
+                ctx.index = idx.to(device)
+                with autocast(cfg, device):
+                    out = recipe.run(state.step_model, x, y, ctx)
+                if not out.updated:
+                    update(out.loss)
+                tally.count(out, y)
+                bar.set_postfix(loss=f"{tally.loss_sum / ((b + 1) * cfg.batch_size):.3f}", eps=f"{ctx.eps:.3f}")
+                if guard.active and cfg.guard_every and (b + 1) % cfg.guard_every == 0 and b + 1 < batches_per_epoch:
+                    probe_guard(state, tally, counter, epoch, b + 1)
+            if guard.active:  # at least once per epoch, before the epoch is validated and selected
+                probe_guard(state, tally, counter, epoch, batches_per_epoch)
+            tally.add_train_passes(counter.take())
+            train_seconds = time.perf_counter() - start
+            dist.sync_buffers(model)  # one model, validated and saved, whichever rank holds it
+            val_clean, val_robust = validate(model, splits, cfg, state.attack_gen, dist)
+            tally.val_passes = counter.take()
+            tally.sum_over_ranks(dist, device)
+            if selection.offer(epoch, val_robust, val_clean, model) and run_dir is not None and dist.is_main:
+                save_weights(model, Path(run_dir) / "model.safetensors")
+            row = metrics_row(epoch, row_recipe(recipe, guard), tally, val_clean, val_robust, selection.best["epoch"],
+                              ctx.eps, lr, n, train_seconds, time.perf_counter() - start - train_seconds)
+            history.append(row)
+            if metrics_path is not None and dist.is_main:
+                append_jsonl(metrics_path, row)
+            if run_dir is not None:
+                state.save(run_dir, epoch, history, selection.best)
+            if on_epoch is not None and dist.is_main:
+                on_epoch(row)
+    finally:
+        counter.detach()
+    if cfg.select == "best" and selection.best is not None:
+        model.load_state_dict(selection.best["weights"])
+    return history
+
+
+def check_distributable(cfg: TrainConfig, dist: Dist) -> None:
+    """Refuse, under torchrun, a recipe that keeps each example's perturbation in its process."""
     per_example = cfg.per_example_recipe()
     if dist.enabled and per_example is not None:
         raise ToughenUsageError(
             f"the {per_example} recipe keeps each example's perturbation in the process that attacked it, and "
             "under torchrun an example moves between processes from one epoch to the next: train it in one process"
         )
-    device = next(model.parameters()).device
-    if AUTO in (cfg.amp, cfg.channels_last):  # train() settles and records these; a direct caller gets them here
-        cfg = with_precision(cfg, choose_training_precision(model, splits, cfg, dist))
-    if run_dir is not None and metrics_path is None:
-        metrics_path = Path(run_dir) / "metrics.jsonl"
-    optimizer = make_optimizer(model, cfg)
-    # fp16 needs loss scaling to keep small gradients from underflowing; bf16 does not.
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    # The recipe runs the DDP-wrapped model (gradients averaged across ranks); everything else
-    # (validation, the guard, checkpoints) the bare one. The same object in a single process.
-    step_model = dist.wrap(model, device)
-    if cfg.compile:
-        # Compiled once, on the first batch (tens of seconds); the bare model shares its weights.
-        # On CPUs it was slower than eager bf16 + channels-last in our measurements; on GPUs it fuses
-        # the attack's elementwise work.
-        step_model = torch.compile(step_model)
-    # Two explicit generators: one for the order of batches (the same on every rank), one for
-    # attacks' random starts and the batch augmentation (each rank its own).
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    # Ranks draw different random starts; rank 0 (the only one of a single process) keeps seed + 1.
-    attack_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed + 1, dist.rank))
-    grad_weight = 1.0  # this rank's share of the global batch, times the world size (see below)
-    guard = Guard(cfg, splits.x_val, splits.y_val)
 
-    updates = 0  # optimizer steps taken so far (1 on resume): a loss NaN before the first is not lr's fault
 
-    def update(loss: torch.Tensor) -> None:
-        """Backward and one optimizer step; a recipe that owns its steps calls this itself."""
-        nonlocal updates
+def resume_run(run_dir: Path, metrics_path: Path | None, state: TrainingState) -> tuple[list[dict], Selection, int]:
+    """Restore ``state`` from RUN_DIR's checkpoint, if there is one; return the metrics rows so far,
+    the selection and the first epoch still to train. metrics.jsonl is cut back to the rows the
+    checkpoint holds: those of an epoch that did not reach its checkpoint are trained again."""
+    history, selection, start_epoch = [], Selection(), 1
+    ckpt = load_checkpoint(run_dir)
+    if ckpt is not None:
+        state.restore(ckpt, run_dir)
+        history, selection, start_epoch = ckpt["history"], Selection(ckpt["best"]), ckpt["epoch"] + 1
+    if metrics_path is not None and state.dist.is_main:
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+    return history, selection, start_epoch
+
+
+@dataclass
+class OptimizerStep:
+    """The recipe context's ``update(loss)``: backward and one optimizer step, once the loss is
+    known to be finite. The loop calls it after a recipe that returns its loss; a recipe that takes
+    its own steps (free, atta_free) calls ``ctx.update(loss)`` itself. Where training is (``at``)
+    and how many steps it has taken are kept here for the message of a diverged loss."""
+
+    state: TrainingState
+    run_dir: Path | None
+    updates: int = 0  # optimizer steps taken so far: a loss NaN before the first is not lr's fault
+    epoch: int = 0
+    batch: int = 0
+    grad_weight: float = 1.0  # this rank's share of the global batch, times the world size
+
+    def at(self, epoch: int, batch: int, grad_weight: float) -> None:
+        """The steps that follow are of ``batch`` in ``epoch``, their loss weighted by ``grad_weight``."""
+        self.epoch, self.batch, self.grad_weight = epoch, batch, grad_weight
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        state, cfg, dist = self.state, self.state.cfg, self.state.dist
         bad = not torch.isfinite(loss)  # note: a CPU-GPU sync point, once per step
         if dist.enabled:
-            bad = dist.any(bad, device)  # every rank stops, or none: a lone rank would leave the others waiting
+            bad = dist.any(bad, state.device)  # every rank stops, or none: a lone rank would leave the others waiting
         if bad:
-            raise TrainingDiverged(diverged_message(loss.item(), epoch, b, updates, cfg, run_dir))
-        updates += 1
-        optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(diverged_message(loss.item(), self.epoch, self.batch, self.updates, cfg,
+                                                    self.run_dir))
+        self.updates += 1
+        state.optimizer.zero_grad(set_to_none=True)
         # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
         # global batch makes that average the gradient of the global mean loss even when the last
         # batch does not split evenly.
-        scaler.scale(loss * grad_weight if grad_weight != 1.0 else loss).backward()
+        state.scaler.scale(loss * self.grad_weight if self.grad_weight != 1.0 else loss).backward()
         if cfg.grad_clip is not None:
-            scaler.unscale_(optimizer)  # clip the true gradient, not the fp16-scaled one
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-
-    ctx = RecipeContext(
-        eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, step_size=cfg.resolved_step_size(), bounds=splits.bounds,
-        lam=cfg.lam, beta=cfg.beta, free_replays=cfg.free_replays, gradalign_lambda=cfg.gradalign_lambda,
-        noise_std=cfg.noise_std, augment_crop=cfg.augment_crop,
-        augment_flip=cfg.augment_flip, generator=attack_gen, update=update, train_size=len(splits.x_train),
-    )
-    history: list[dict] = []
-    best: dict[str, Any] | None = None  # epoch, key (robust, clean), weights
-    start_epoch = 1
-    if resume and run_dir is not None:
-        ckpt = load_checkpoint(run_dir)
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-            guard.load_state_dict(ckpt["guard"])
-            ctx.state = {k: v.to(device) for k, v in ckpt["recipe_state"].items()}
-            restore_rng(ckpt["rng"], shuffle_gen, attack_gen)
-            ranks = ckpt["rng"].get("attack_by_rank")
-            if dist.enabled:
-                if ranks is None or len(ranks) != dist.world_size:
-                    raise ToughenUsageError(
-                        f"{run_dir} was checkpointed by {len(ranks) if ranks else 1} process(es); resume it with "
-                        f"the same number (torchrun --nproc-per-node), not {dist.world_size}"
-                    )
-                attack_gen.set_state(ranks[dist.rank])
-                by_rank = ckpt.get("recipe_state_by_rank")
-                if by_rank is not None:
-                    ctx.state = {k: v.to(device) for k, v in by_rank[dist.rank].items()}
-            history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
-            updates = 1  # the weights come from trained epochs
-        if metrics_path is not None and dist.is_main:  # drop rows of an epoch that did not reach its checkpoint
-            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-
-    n = len(splits.x_train)
-    batches_per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.epochs * batches_per_epoch
-    counter = PassCounter(model).attach()
-    epoch = b = 0  # for update()'s message
-    try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            if cfg.patience is not None and best is not None and epoch - 1 - best["epoch"] >= cfg.patience:
-                break
-            model.train()
-            start = time.perf_counter()
-            passes = {"train": [0, 0], "guard": [0, 0]}
-            guard_seconds = 0.0
-            events: list[dict] = []
-
-            def probe(batch: int) -> None:
-                nonlocal guard_seconds
-                _add(passes["train"], counter.take())
-                t = time.perf_counter()
-                dist.sync_buffers(model)  # the same model on every rank, so the same decision
-                model.eval()
-                event = guard.check(model, optimizer, splits.bounds, epoch, batch)
-                model.train()
-                if event is not None:
-                    events.append(event)
-                guard_seconds += time.perf_counter() - t
-                _add(passes["guard"], counter.take())
-
-            counter.take()
-            order = torch.randperm(n, generator=shuffle_gen)
-            loss_sum = clean_hits = clean_seen = adv_hits = adv_seen = 0.0
-            bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
-                       disable=not progress or not dist.is_main, leave=False)
-            for b in bar:
-                progress_frac = ((epoch - 1) * batches_per_epoch + b) / total
-                lr = cfg.lr * lr_factor(cfg.lr_schedule, progress_frac)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                recipe_name = "pgd" if guard.recipe == PGD2 else guard.recipe
-                recipe = RECIPES.get(recipe_name)
-                ctx.steps = 2 if guard.recipe == PGD2 else cfg.steps
-                base_step = threat.default_step_size(cfg.eps, 2) if guard.recipe == PGD2 else cfg.resolved_step_size()
-                # A fresh step size for the warmed-up eps keeps the attack's reach proportional.
-                ctx.eps = eps_at(cfg.eps, cfg.eps_warmup, progress_frac)
-                ctx.step_size = base_step * (ctx.eps / cfg.eps if cfg.eps > 0 else 1.0)
-                global_idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                idx = dist.shard(global_idx)  # this rank's part of the global batch
-                grad_weight = dist.world_size * len(idx) / len(global_idx)
-                x = splits.x_train[idx].to(device)
-                if cfg.crop_pad or cfg.flip:  # on the device, the whole batch at once
-                    x = crop_flip(x, cfg.crop_pad, cfg.flip, attack_gen)
-                x = x.contiguous(memory_format=memory_format)
-                y = splits.y_train[idx].to(device)
-                ctx.index = idx.to(device)
-                with autocast(cfg, device):
-                    out = recipe(step_model, x, y, ctx)
-                if not out.updated:
-                    update(out.loss)
-                loss_sum += out.loss.item() * len(y)  # note: a sync point, once per batch
-                if out.clean_logits is not None:
-                    clean_hits += (out.clean_logits.argmax(1) == y).sum().item()
-                    clean_seen += len(y)
-                if out.adv_logits is not None:
-                    adv_hits += (out.adv_logits.argmax(1) == y).sum().item()
-                    adv_seen += len(y)
-                bar.set_postfix(loss=f"{loss_sum / ((b + 1) * cfg.batch_size):.3f}", eps=f"{ctx.eps:.3f}")
-                if guard.active and cfg.guard_every and (b + 1) % cfg.guard_every == 0 and b + 1 < batches_per_epoch:
-                    probe(b + 1)
-            if guard.active:  # at least once per epoch, before the epoch is validated and selected
-                probe(batches_per_epoch)
-            _add(passes["train"], counter.take())
-            train_seconds = time.perf_counter() - start
-            dist.sync_buffers(model)  # one model, validated and saved, whichever rank holds it
-            val_clean, val_robust = validate(model, splits, cfg, attack_gen, dist)
-            val_passes = counter.take()
-            if dist.enabled:  # the whole job's sums; every rank gets the same numbers
-                (loss_sum, clean_hits, clean_seen, adv_hits, adv_seen, *counts) = dist.sum(
-                    [loss_sum, clean_hits, clean_seen, adv_hits, adv_seen, *passes["train"], *passes["guard"],
-                     *val_passes], device)
-                counts = [int(c) for c in counts]
-                passes = {"train": counts[0:2], "guard": counts[2:4]}
-                val_passes = tuple(counts[4:6])
-            key = [val_robust, val_clean]
-            if best is None or key > best["key"]:
-                best = {"epoch": epoch, "key": key, "weights": _clone(model.state_dict())}
-                if run_dir is not None and dist.is_main:
-                    save_weights(model, Path(run_dir) / "model.safetensors")
-            work = sum(passes["train"]) + sum(passes["guard"])
-            row = {
-                "epoch": epoch,
-                "recipe": recipe_name if guard.recipe != PGD2 else "pgd-2",
-                "loss": loss_sum / n,
-                "train_clean_accuracy": clean_hits / clean_seen if clean_seen else None,
-                "train_robust_accuracy": adv_hits / adv_seen if adv_seen else None,
-                "val_clean_accuracy": val_clean,
-                "val_robust_accuracy": val_robust,
-                "best_epoch": best["epoch"],
-                "eps": ctx.eps,
-                "lr": lr,
-                "forward_passes": passes["train"][0],
-                "backward_passes": passes["train"][1],
-                "guard_forward_passes": passes["guard"][0],
-                "guard_backward_passes": passes["guard"][1],
-                "val_forward_passes": val_passes[0],
-                "val_backward_passes": val_passes[1],
-                # against a standard epoch: one forward and one backward pass per training example
-                "cost_multiplier": work / (2 * n),
-                "guard_events": events,
-                "seconds": train_seconds,
-                "guard_seconds": guard_seconds,
-                "val_seconds": time.perf_counter() - start - train_seconds,
-            }
-            history.append(row)
-            if metrics_path is not None and dist.is_main:
-                append_jsonl(metrics_path, row)
-            if run_dir is not None:
-                rng = rng_state(shuffle_gen, attack_gen)
-                recipe_state = {k: v.detach().cpu() for k, v in ctx.state.items()}
-                recipe_state_by_rank = None
-                if dist.enabled:  # each rank's own attack generator and carried state (free's
-                    # perturbation is of the rank's own shard), so a resume continues every rank
-                    rng["attack_by_rank"] = dist.gather(attack_gen.get_state().cpu())
-                    recipe_state_by_rank = dist.gather(recipe_state)
-            if run_dir is not None and dist.is_main:
-                save_weights(model, Path(run_dir) / "model_last.safetensors")
-                save_checkpoint(run_dir, {
-                    "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "guard": guard.state_dict(),
-                    "recipe_state": recipe_state, "recipe_state_by_rank": recipe_state_by_rank,
-                    "rng": rng, "history": history, "best": best,
-                })
-            if on_epoch is not None and dist.is_main:
-                on_epoch(row)
-    finally:
-        counter.detach()
-    if cfg.select == "best" and best is not None:
-        model.load_state_dict(best["weights"])
-    return history
+            state.scaler.unscale_(state.optimizer)  # clip the true gradient, not the fp16-scaled one
+            nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
 
 
-def _add(total: list[int], counts: tuple[int, int]) -> None:
-    total[0] += counts[0]
-    total[1] += counts[1]
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Set every parameter group's learning rate to ``lr``; return it."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 __all__ = ["TIMING_FIELDS", "TrainingDiverged", "eps_at", "fit", "lr_factor", "make_optimizer",
