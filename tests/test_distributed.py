@@ -152,13 +152,13 @@ def test_eval_under_torchrun_agrees_with_one_process(runs):
     """`toughen eval` on 2 processes: one row per evaluation in evaluations.jsonl, all n examples,
     clean accuracy exactly that of one process, robust accuracy within the tolerance (each rank
     draws its own random starts), the suite's cumulative worst case never above a single attack."""
-    from toughen.cli import _evaluate_run
+    from toughen.evaluation.run_eval import evaluate_run
 
     rows = [json.loads(line) for line in (runs / "resume" / "part" / "evaluations.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and [r["n"] for r in rows] == [120, 40]
     one, suite = rows
     # the same weights as the uninterrupted run: evaluate that one in this process
-    ref = _evaluate_run(runs / "ddp", "pgd", None, None, 5, None, 1, "ce", 120, 0, "cpu", progress=False)
+    ref = evaluate_run(runs / "ddp", attack="pgd", steps=5, n=120)
     assert abs(one["clean_accuracy"] - ref["clean_accuracy"]) < 1e-6  # the same examples, no randomness
     assert abs(one["robust_accuracy"] - ref["robust_accuracy"]) <= TOLERANCE
     # the suite: clean accuracy of the first 40 examples, exactly; the worst case can only fall

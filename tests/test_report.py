@@ -34,9 +34,9 @@ def _tiny_run(out: Path, recipe: str, **kw) -> Path:
 
 
 def _eval(run_dir: Path, eps: float) -> None:
-    from toughen.cli import _evaluate_run
+    from toughen.evaluation.run_eval import evaluate_run
 
-    _evaluate_run(run_dir, "pgd", str(eps), None, 2, None, 1, "ce", 120, 0, "cpu", progress=False)
+    evaluate_run(run_dir, attack="pgd", eps=eps, steps=2, n=120)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
-"""`toughen eval RUN_DIR --suite ... [--eps-sweep ...]`: the suite and the curve on a run's test split.
+"""Evaluate a run directory's model on its test split: what `toughen eval RUN_DIR` does, as a function.
 
-Kept out of cli.py so the command line stays a thin layer; the result is recorded in
-RUN_DIR/evaluations.jsonl with the keys a single-attack evaluation has, plus ``suite``,
-``per_attack`` and, with a sweep, ``curve``.
+    from toughen.evaluation.run_eval import evaluate_run
+    evaluate_run("runs/pgd", attack="pgd", steps=100)["robust_accuracy"]
+    evaluate_run("runs/pgd", suite="standard", eps_sweep=[0.1, 0.2, 0.3])["curve"]
+
+Each result is also a row of RUN_DIR/evaluations.jsonl, which the report reads.
 """
 
 from __future__ import annotations
@@ -10,76 +12,119 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from toughen.errors import ToughenUsageError
+from toughen import threat
+from toughen.attacks import Attack, get_attack
+from toughen.data import load_data
+from toughen.errors import ToughenUsageError, check_number
+from toughen.evaluation.attack_eval import evaluate_attack
+from toughen.evaluation.suite import evaluate, resolve_suite, robustness_curve, with_amp
+from toughen.runs import load, read_config, record_evaluation
+from toughen.runtime import check_device, setup as setup_distributed, stream_seed
 
 STATE_FILE = "eval_state.json"  # in the run directory while a suite evaluation is under way
 
 
-def evaluate_run_suite(
+def evaluate_run(
     run_dir: str | Path,
     *,
-    suite: str | None,
-    attack: str = "pgd",
-    steps: int = 20,
-    restarts: int = 1,
-    loss: str = "ce",
+    attack: str | None = None,
+    suite: str | None = None,
     eps: float | None = None,
     norm: str | None = None,
+    steps: int = 20,
+    step_size: float | None = None,
+    restarts: int = 1,
+    loss: str = "ce",
     n: int | None = None,
     seed: int = 0,
     device: str = "cpu",
     eps_sweep: Sequence[float] | None = None,
-    progress: bool = False,
     amp: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    from toughen import threat
-    from toughen.attacks import Attack
-    from toughen.data import load_data
-    from toughen.evaluation.suite import evaluate, resolve_suite, robustness_curve
-    from toughen.runs import load, read_config, record_evaluation
-    from toughen.runtime import check_device, setup as setup_distributed, stream_seed
+    """Evaluate the model of an image run directory on the first ``n`` examples of its test split
+    (all by default) at radius ``eps`` in norm ``norm`` (default: the run's), and record the result
+    in RUN_DIR/evaluations.jsonl.
 
+    One attack: ``attack`` (default pgd, with ``steps``, ``step_size``, ``restarts`` and ``loss``;
+    early-stopped, which leaves robust accuracy unchanged and skips examples already fooled); or the
+    worst case over an attack ``suite`` (quick, standard, thorough; resumable through
+    RUN_DIR/eval_state.json). ``eps_sweep`` adds a robustness curve at those radii, with the suite, or
+    with the one attack as a one-attack suite. ``amp`` is the precision of the attack passes (None:
+    fp32; "auto" chooses by timing).
+
+    The result has clean_accuracy, robust_accuracy, attack, eps, norm, n, seconds and
+    per_class_robust_accuracy; a suite or an eps_sweep adds suite, per_attack, amp and precision,
+    and an eps_sweep adds curve. Under torchrun each rank attacks its shard with its own seed (``stream_seed(seed,
+    rank)``), the ranks' results are merged, and rank 0 records them.
+    """
+    if suite is not None and attack is not None:
+        raise ToughenUsageError("give --suite or --attack, not both")
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
+    if cfg.get("kind") is not None:  # text runs evaluate in their own package (`toughen eval` dispatches there)
+        raise ToughenUsageError(f"{run_dir} is a {cfg['kind']} run: evaluate it with toughen.text.cli.evaluate_run, or "
+                                f"`toughen eval {run_dir}`")
     train_cfg = cfg["train"]
-    eps_value = eps if eps is not None else train_cfg["eps"]
+    attack = attack or "pgd"
+    if suite is None:
+        get_attack(attack)
+    eps = eps if eps is not None else train_cfg["eps"]
     norm = norm or train_cfg["norm"]
     bounds = tuple(cfg["data_info"]["bounds"])
-    threat.check_eps(eps_value, norm, bounds)
+    threat.check_eps(eps, norm, bounds)
+    if suite is None:
+        if steps < 0:
+            raise ToughenUsageError(f"--steps must be >= 0, got {steps}")
+        if restarts < 1:
+            raise ToughenUsageError(f"--restarts must be >= 1, got {restarts}")
     if n is not None and n < 1:
         raise ToughenUsageError(f"--n must be >= 1, got {n}")
     if suite is not None:
         name, attacks = resolve_suite(suite)
-    else:  # --eps-sweep with a single attack: a one-attack suite
-        options: dict[str, Any] = {"loss": loss}
-        if attack == "pgd":
-            options.update(steps=steps, restarts=restarts, early_stop=True)
-        attacks, name = [Attack(attack, options)], "custom"
-    # Under torchrun each rank attacks its shard of the examples (toughen.runtime).
-    dist, dev = setup_distributed(check_device(device))
+    else:
+        name, attacks = "custom", [_one_attack(attack, steps, step_size, restarts, loss)]
+    one = suite is None and eps_sweep is None  # one attack and no curve: evaluate_attack, no suite's bookkeeping
+    if one:  # a suite chooses its precision itself, in evaluate
+        attacks = with_amp(attacks, amp)
+
+    dist, dev = setup_distributed(check_device(device))  # under torchrun: each rank its shard
     model = load(run_dir, device=dev)
     splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
                        options=train_cfg.get("data_options"))
     x, y = splits.x_test[:n], splits.y_test[:n]
     xs, ys, rank_seed = dist.shard(x), dist.shard(y), stream_seed(seed, dist.rank)
-    result = evaluate(model, xs, ys, suite=attacks, eps=eps_value, norm=norm, bounds=bounds, seed=rank_seed,
-                      progress=progress and dist.is_main, state_file=None if dist.enabled else run_dir / STATE_FILE,
-                      amp=amp)
+    progress = progress and dist.is_main
+    if one:
+        result = evaluate_attack(model, xs, ys, attacks[0], eps=eps, norm=norm, bounds=bounds, seed=rank_seed,
+                                 progress=progress)
+    else:
+        result = evaluate(model, xs, ys, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=rank_seed,
+                          progress=progress, state_file=None if dist.enabled else run_dir / STATE_FILE, amp=amp)
     result = dist.merge_evaluation(result)
     robust = result.pop("robust")
-    result["suite"] = name
-    result["attack"] = f"suite:{name}" if suite is not None else attacks[0].label
+    if not one:
+        result["suite"] = name
+        result["attack"] = f"suite:{name}" if suite is not None else attacks[0].label
     names = cfg["data_info"]["class_names"]
     result["per_class_robust_accuracy"] = {
         names[c]: robust[y == c].float().mean().item() for c in range(len(names)) if (y == c).any()
     }
     if eps_sweep:
-        result["curve"] = [
-            {"eps": row["eps"], "robust_accuracy": row["robust_accuracy"], "seconds": row["seconds"]}
-            for row in dist.merge_rows(robustness_curve(model, xs, ys, eps_sweep, suite=attacks, norm=norm,
-                                                        bounds=bounds, seed=rank_seed,
-                                                        progress=progress and dist.is_main, amp=amp), len(xs))
-        ]
+        rows = robustness_curve(model, xs, ys, eps_sweep, suite=attacks, norm=norm, bounds=bounds, seed=rank_seed,
+                                progress=progress, amp=amp)
+        result["curve"] = [{"eps": row["eps"], "robust_accuracy": row["robust_accuracy"], "seconds": row["seconds"]}
+                           for row in dist.merge_rows(rows, len(xs))]
     if dist.is_main:
         record_evaluation(run_dir, result)
     return result
+
+
+def _one_attack(attack: str, steps: int, step_size: float | None, restarts: int, loss: str) -> Attack:
+    options: dict[str, Any] = {"loss": loss}
+    if attack == "pgd":
+        # early_stop leaves robust accuracy unchanged and skips work on examples already fooled
+        options.update(steps=steps, restarts=restarts, early_stop=True)
+        if step_size is not None:
+            options["step_size"] = check_number("--step-size", step_size, low=0)
+    return Attack(attack, options)

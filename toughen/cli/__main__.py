@@ -1,0 +1,3 @@
+from toughen.cli import main
+
+main()

@@ -1,0 +1,66 @@
+"""What the commands share: reading flags (numbers, --out, a --config file) and printing rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from toughen.console import print_table
+from toughen.errors import ToughenUsageError
+
+
+def parse_number(text: str | None, name: str) -> float | None:
+    """Accept 0.3, 8/255 and the like; None (a flag not given) stays None."""
+    if text is None:
+        return None
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ToughenUsageError(f"{name} must be a number such as 0.3 or 8/255, got {text!r}") from None
+
+
+def out_path(text: str) -> Path:
+    """--out as a Path; an empty one is refused here, because Path("") is the current directory."""
+    if not str(text).strip():
+        raise ToughenUsageError("--out is empty; give the directory (or, for report, the file) to write")
+    return Path(text)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A --config YAML file: a mapping of TrainConfig fields (checked by TrainConfig.validate)."""
+    if not path.is_file():
+        raise ToughenUsageError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ToughenUsageError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(values, dict):
+        raise ToughenUsageError(f"config file {path}: a config is a mapping of keys to values, got "
+                                f"{type(values).__name__}")
+    return values
+
+
+def given(**flags: Any) -> dict[str, Any]:
+    """The flags the user gave: a flag left out is None and leaves the config's value alone."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def main_process() -> bool:
+    """False in the processes of a torchrun job other than rank 0: they print nothing."""
+    from toughen.runtime import from_env
+
+    return from_env().is_main
+
+
+def print_rows(title: str, rows: list[dict]) -> None:
+    """Summaries or evaluations as one table, the columns toughen shows in a fixed order."""
+    # a summary's or an evaluation's precision record shows as its label: "bf16+CL" (CL: channels-last)
+    rows = [{**r, "precision": r["precision"]["label"]} if isinstance(r.get("precision"), dict) else r for r in rows]
+    print_table(title, rows, ("run", "recipe", "lam", "beta", "attack", "robust_attack", "eps", "precision",
+                              "clean_accuracy", "robust_accuracy", "n", "n_test", "train_seconds", "seconds", "status"),
+                names=("run", "recipe", "attack", "status"), short=("eps", "lam", "beta"), missing="—")

@@ -1,0 +1,77 @@
+"""`toughen eval`: a thin layer over toughen.evaluation.run_eval.evaluate_run (toughen.text.cli for text runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from toughen.cli.common import main_process, parse_number, print_rows
+from toughen.console import out
+from toughen.errors import ToughenUsageError
+
+
+def eval_(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `toughen train`."),
+    attack: Optional[str] = typer.Option(None, help="Attack: pgd (default) or fgsm; for text runs char_obfuscate, "
+                                         "word_substitute, hotflip or embed_pgd."),
+    eps: Optional[str] = typer.Option(None, help="Radius; default the run's training eps."),
+    norm: Optional[str] = typer.Option(None, help="Norm; default the run's."),
+    steps: Optional[int] = typer.Option(None, help="PGD steps (default 20)."),
+    step_size: Optional[str] = typer.Option(None, help="PGD step size; default 2.5 * eps / steps."),
+    restarts: Optional[int] = typer.Option(None, help="PGD random restarts (default 1)."),
+    loss: str = typer.Option("ce", help="Attack loss: ce or margin."),
+    n: Optional[int] = typer.Option(None, help="Evaluate the first N test examples."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+    json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object, nothing else."),
+    budget: Optional[int] = typer.Option(None, help="Text runs: edits per text for the discrete attacks."),
+    suite: Optional[str] = typer.Option(None, help="Worst case over an attack suite: quick, standard or thorough "
+                                        "(see docs/evaluation.md). Replaces --attack."),
+    eps_sweep: Optional[str] = typer.Option(None, help="Also a robustness curve: comma-separated eps values, "
+                                            "e.g. 0.1,0.2,0.3 or 2/255,4/255,8/255."),
+    amp: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16: the precision of the attack passes "
+                                      "(who is fooled is always checked in fp32). Default: auto with --suite (the "
+                                      "faster of fp32 and bf16 here, and of both memory layouts), else fp32."),
+) -> None:
+    """Evaluate a trained run on its test split: clean and robust accuracy under one attack, or the
+    worst case over an attack suite (--suite), optionally over a list of eps (--eps-sweep)."""
+    from toughen.runs import read_config
+
+    if suite is not None and (steps is not None or restarts is not None or step_size is not None):
+        raise ToughenUsageError("--suite runs each attack at its own budget; drop --steps, --restarts and "
+                                "--step-size, or evaluate one attack with --attack")
+    steps = 20 if steps is None else steps
+    restarts = 1 if restarts is None else restarts
+    if read_config(run_dir).get("kind") == "text":
+        from toughen.text.cli import eval_command
+
+        if amp is not None:
+            raise ToughenUsageError("--amp applies to image runs; text attacks run in the model's precision")
+        eval_command(run_dir, json_out=json_out, attack=attack, budget=budget, eps=parse_number(eps, "--eps"),
+                     norm=norm, steps=steps, step_size=parse_number(step_size, "--step-size"), n=n, seed=seed,
+                     device=device)
+        return
+    if budget is not None:
+        raise ToughenUsageError("--budget applies to text runs only; image attacks take --eps")
+    from toughen.evaluation.run_eval import evaluate_run
+    from toughen.precision import parse_amp
+
+    amp = parse_amp(amp) if amp is not None else ("auto" if suite is not None else None)
+    sweep = [parse_number(e.strip(), "--eps-sweep") for e in eps_sweep.split(",")] if eps_sweep is not None else None
+    result = evaluate_run(run_dir, attack=attack, suite=suite, eps=parse_number(eps, "--eps"), norm=norm, steps=steps,
+                          step_size=parse_number(step_size, "--step-size"), restarts=restarts, loss=loss, n=n,
+                          seed=seed, device=device, eps_sweep=sweep, amp=amp, progress=not json_out)
+    if not main_process():
+        return
+    if json_out:
+        print(json.dumps(result))
+    elif suite is not None or sweep is not None:  # a row per attack of the suite, then the worst case
+        print_rows(str(run_dir), [{"attack": r["attack"], "robust_accuracy": r["robust_accuracy"],
+                                   "seconds": r["seconds"]} for r in result["per_attack"]] + [result])
+        for row in result.get("curve", []):
+            out.print(f"eps {row['eps']:.4g}: robust accuracy {100 * row['robust_accuracy']:.1f}%")
+    else:
+        print_rows(str(run_dir), [result])
