@@ -32,12 +32,17 @@ def train_command(values: dict[str, Any], out_dir: Path, *, overwrite: bool, jso
     values = {k: v for k, v in values.items() if k not in _IMAGE_ONLY}
     cfg = TextTrainConfig.from_dict(values)
     summary = train_text(cfg, out_dir, overwrite=overwrite, progress=not json_out, device=device)
-    if json_out:
-        print(json.dumps(summary))
-    else:
-        print_table(str(out_dir), [summary])
-        print_examples(summary["examples"])
+    show(str(out_dir), summary, json_out)
     return summary
+
+
+def show(title: str, result: dict, json_out: bool) -> None:
+    """A training summary or an evaluation: one JSON object, or its table and adversarial examples."""
+    if json_out:
+        print(json.dumps(result))
+    else:
+        print_table(title, [result])
+        print_examples(result["examples"])
 
 
 def evaluate_run(run_dir: Path, *, attack: str | None, budget: int | None, eps: float | None, norm: str | None,
@@ -82,11 +87,7 @@ def evaluate_run(run_dir: Path, *, attack: str | None, budget: int | None, eps: 
 
 def eval_command(run_dir: Path, *, json_out: bool, **kwargs) -> dict:
     result = evaluate_run(run_dir, **kwargs)
-    if json_out:
-        print(json.dumps(result))
-    else:
-        print_table(str(run_dir), [result])
-        print_examples(result["examples"])
+    show(str(run_dir), result, json_out)
     return result
 
 
