@@ -128,7 +128,7 @@ def test_free_replays_and_carries_the_perturbation(standard_model, test_batch):
         optimizer.step()
         steps.append(loss.item())
 
-    ctx = RecipeContext(eps=0.1, free_replays=3, update=update)
+    ctx = RecipeContext(eps=0.1, params={"free_replays": 3}, update=update)
     out = RECIPES.get("free")(model, x[:32], y[:32], ctx)
     assert out.updated and len(steps) == 3
     carried = ctx.state["free_delta"]

@@ -14,7 +14,6 @@ points that are not.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import re
@@ -49,7 +48,7 @@ def _parse_value(text: str, key: str, default: Any) -> Any:
 
 def parse_grid(text: str) -> dict[str, list[Any]]:
     """``"recipe=mix,trades lam=0.5,1"`` -> ``{"recipe": ["mix", "trades"], "lam": [0.5, 1.0]}``."""
-    defaults = {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig().to_dict()
     grid: dict[str, list[Any]] = {}
     for token in text.split():
         key, sep, values = token.partition("=")

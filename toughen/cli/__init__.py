@@ -18,34 +18,42 @@ import yaml
 from rich.markup import escape
 
 from toughen.cli import audit, demo, evaluate, report, sweep, train
+from toughen.cli.common import with_recipe_flags
 from toughen.console import err
 from toughen.errors import ToughenUsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__.split("\n\n")[0])
-
-
-@app.callback()
 def _options(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error "
                                         "(also TOUGHEN_DEBUG=1).")) -> None:
     if debug:
         os.environ["TOUGHEN_DEBUG"] = "1"
 
 
-# in this order in `toughen --help`
-app.command("train")(train.train)
-app.command("eval")(evaluate.eval_)
-app.command("audit")(audit.audit)
-app.command("demo")(demo.demo)
-app.command("demo-text")(demo.demo_text)
-app.command("report")(report.report)
-app.command("sweep")(sweep.sweep)
+def build_app() -> typer.Typer:
+    """The app, its commands in `toughen --help`'s order. Built from the registries as they are
+    now: ``train`` has a flag for each recipe parameter declared so far (common.with_recipe_flags)."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      help=__doc__.split("\n\n")[0])
+    app.callback()(_options)
+    app.command("train")(with_recipe_flags(train.train))
+    app.command("eval")(evaluate.eval_)
+    app.command("audit")(audit.audit)
+    app.command("demo")(demo.demo)
+    app.command("demo-text")(demo.demo_text)
+    app.command("report")(report.report)
+    app.command("sweep")(sweep.sweep)
+    return app
+
+
+app = build_app()
 
 
 def main() -> None:
     """The one error path: bad input (exit 2) and a failing environment (exit 1) become one line
     that says what to do; the traceback only with --debug or TOUGHEN_DEBUG=1."""
     try:
-        code = app(standalone_mode=False)
+        # built now, not at import: recipes registered before main() runs (a user's own entry point
+        # that imports its recipes, then calls main) get their flags too
+        code = build_app()(standalone_mode=False)
     except ToughenUsageError as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - anything else: one line, the traceback on request

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
+import typer
 import yaml
 
 from toughen.console import print_table
@@ -43,6 +45,51 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ToughenUsageError(f"config file {path}: a config is a mapping of keys to values, got "
                                 f"{type(values).__name__}")
     return values
+
+
+def with_recipe_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with one flag per declared recipe parameter (toughen.train._registry), placed
+    after its ``--step-size`` and passed to it as keyword arguments (None when not given).
+
+    typer builds flags from a function's signature, so the flags of recipes registered so far are
+    added to the signature when the app is built: a new recipe's parameters reach the CLI from
+    their declaration alone. (jsonargparse builds flags from dataclasses natively, but it would be
+    a second CLI framework beside typer for one command's dozen flags.)"""
+    from toughen.train._registry import declared_parameters
+
+    signature = inspect.signature(command, eval_str=True)
+    base = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    at = next(i for i, p in enumerate(base) if p.name == "step_size") + 1
+    extra = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=_recipe_flag(p),
+                               annotation=Optional[str if p.kind is float else p.kind])
+             for p in declared_parameters().values()]
+
+    def with_flags(**values: Any) -> None:
+        return command(**values)
+
+    with_flags.__signature__ = signature.replace(parameters=base[:at] + extra + base[at:])  # type: ignore[attr-defined]
+    with_flags.__annotations__ = {}
+    with_flags.__doc__, with_flags.__name__ = command.__doc__, command.__name__
+    return with_flags
+
+
+def _recipe_flag(p) -> Any:
+    dashed = "--" + p.name.replace("_", "-")
+    default = "" if p.default is None else f"; default {p.default}".replace("True", "on").replace("False", "off")
+    text = f"{p.doc.rstrip('.')} ({'/'.join(p.recipes)}{default})."
+    if p.kind is bool:
+        return typer.Option(None, f"{dashed}/--no-{p.name.replace('_', '-')}", help=text)
+    return typer.Option(None, dashed, help=text, metavar="FLOAT" if p.kind is float else None)
+
+
+def recipe_values(flags: dict[str, Any]) -> dict[str, Any]:
+    """The recipe-parameter flags the user gave, parsed: numbers such as 8/255 for float ones."""
+    from toughen.train._registry import declared_parameters
+
+    declared = declared_parameters()
+    return given(**{name: parse_number(value, "--" + name.replace("_", "-")) if declared[name].kind is float
+                    else value for name, value in flags.items() if name in declared})
 
 
 def given(**flags: Any) -> dict[str, Any]:

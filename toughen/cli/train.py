@@ -10,7 +10,8 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from toughen.cli.common import given, main_process, out_path, parse_number, print_rows, read_config_file
+from toughen.cli.common import (given, main_process, out_path, parse_number, print_rows, read_config_file,
+                                recipe_values)
 from toughen.console import err
 from toughen.errors import ToughenUsageError
 
@@ -30,11 +31,6 @@ def train(
     epochs: Optional[int] = typer.Option(None),
     steps: Optional[int] = typer.Option(None, help="Attack steps during training."),
     step_size: Optional[str] = typer.Option(None, help="Attack step size; default 2.5 * eps / steps."),
-    lam: Optional[float] = typer.Option(None, help="Weight of the adversarial loss in the mix recipe."),
-    beta: Optional[float] = typer.Option(None, help="Weight of the robustness term in trades and mart (default 6)."),
-    free_replays: Optional[int] = typer.Option(None, help="Replays m of each minibatch in the free recipe (default 4)."),
-    gradalign_lambda: Optional[float] = typer.Option(None, help="Weight of the GradAlign regularizer (default 0.2)."),
-    noise_std: Optional[str] = typer.Option(None, help="Gaussian noise std of the augment recipe; default eps."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient's global L2 norm to this."),
     select: Optional[str] = typer.Option(None, help="The run's model: best (validation robust accuracy, default) "
                                          "or last epoch."),
@@ -70,6 +66,7 @@ def train(
     text_column: Optional[str] = typer.Option(None, help="Text data (csv:PATH, jsonl:PATH): the text column."),
     label_column: Optional[str] = typer.Option(None, help="Text data: the label column."),
     budget: Optional[int] = typer.Option(None, help="Text data: edits per text for the training attack."),
+    **recipe_flags: Any,  # one flag per recipe parameter (--lam, --beta, ...): common.with_recipe_flags
 ) -> None:
     """Train a model with an adversarial-training recipe and write a run directory."""
     from toughen.train import TrainConfig, train as run_train
@@ -81,13 +78,12 @@ def train(
         data=data, data_dir=str(data_dir) if data_dir else None, model=model, recipe=recipe,
         eps=parse_number(eps, "--eps"), norm=norm, epochs=epochs, steps=steps,
         step_size=parse_number(step_size, "--step-size"),
-        lam=lam, batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
+        batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
         eps_warmup=eps_warmup, weight_decay=weight_decay, val_size=val_size, eval_steps=eval_steps, seed=seed,
-        channels_last=channels_last, beta=beta, free_replays=free_replays,
-        gradalign_lambda=gradalign_lambda, noise_std=parse_number(noise_std, "--noise-std"),
-        grad_clip=grad_clip, select=select, patience=patience, guard=guard, guard_every=guard_every,
+        channels_last=channels_last, grad_clip=grad_clip, select=select, patience=patience, guard=guard, guard_every=guard_every,
         guard_fallback=guard_fallback, crop_pad=crop_pad, flip=flip, compile=compile_model,
     ))
+    values.update(recipe_values(recipe_flags))
     if amp is not None:
         from toughen.precision import parse_amp
 

@@ -1,12 +1,31 @@
 """The recipe contract and registry, a leaf that the recipe modules (:mod:`toughen.train.recipes`,
 :mod:`toughen.train.single_step`) register into: what a recipe is given (:class:`RecipeContext`),
-what it returns (:class:`StepOutput`), and which parameters belong to which recipe.
+what it returns (:class:`StepOutput`), and the recipe's own parameters.
+
+A recipe is declared in one place: its function and a small frozen dataclass of its parameters,
+each made with :func:`param` (default, one line of doc, range)::
+
+    @dataclass(frozen=True)
+    class MixParams:
+        lam: float = param(1.0, "Weight of the adversarial loss.", low=0)
+
+    @register_recipe("mix", params=MixParams)
+    def mix(model, x, y, ctx):
+        lam = ctx.params_for(MixParams).lam
+        ...
+
+TrainConfig's flat keys (config.yaml, ``TrainConfig(lam=0.5)``), their checks, the ``train``
+command's flags, the sweep's grid keys and the report's labels are all derived from that
+declaration (:func:`declared_parameters`); nothing else needs to be edited.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
@@ -15,6 +34,68 @@ from toughen import threat
 from toughen._registry import Registry
 from toughen.attacks import pgd
 from toughen.errors import ToughenUsageError
+
+
+P = TypeVar("P")
+
+
+def param(default: Any, doc: str, *, low: float | None = None, high: float | None = None, above: bool = False,
+          whole: bool = False) -> Any:
+    """One field of a recipe's parameter dataclass: its default, one line of doc (the CLI's help)
+    and its range, checked as :func:`toughen.errors.check_number` does (numbers only; a ``None``
+    default makes it optional)."""
+    limits = {k: v for k, v in dict(low=low, high=high).items() if v is not None}
+    limits.update({k: True for k, v in dict(above=above, whole=whole).items() if v})
+    return field(default=default, metadata={"doc": doc, "limits": limits})
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A recipe parameter as the rest of toughen sees it, derived from its declaration."""
+
+    name: str
+    default: Any
+    kind: type  # float, int, bool or str
+    optional: bool  # None is a value (e.g. noise_std: None means eps)
+    doc: str
+    limits: dict[str, Any]  # for check_number (numbers only)
+    recipes: tuple[str, ...]  # the recipes that read it
+
+    def limits_for_check(self) -> dict[str, Any]:
+        return {**self.limits, "whole": self.kind is int, "optional": self.optional}
+
+
+def _kind_of(annotation: Any) -> tuple[type, bool]:
+    """(float, True) for ``float | None``; (int, False) for ``int``."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner, True
+    return annotation, False
+
+
+def _declared(recipe: str, declared: type) -> list[Parameter]:
+    if not (dataclasses.is_dataclass(declared) and isinstance(declared, type)):
+        raise TypeError(f"recipe {recipe!r}: params must be a dataclass of its parameters, got {declared!r}")
+    hints = typing.get_type_hints(declared)
+    found = []
+    for f in dataclasses.fields(declared):
+        kind, optional = _kind_of(hints[f.name])
+        if kind not in (float, int, bool, str) or f.default is dataclasses.MISSING or "doc" not in f.metadata:
+            raise TypeError(f"recipe {recipe!r}: parameter {f.name} must be a float, int, bool or str made "
+                            "with param(default, doc, ...)")
+        found.append(Parameter(f.name, f.default, kind, optional or f.default is None, f.metadata["doc"],
+                               dict(f.metadata["limits"]), (recipe,)))
+    return found
+
+
+# Every declared parameter by name, in the order recipes were registered.
+PARAMETERS: dict[str, Parameter] = {}
+
+
+def declared_parameters() -> dict[str, Parameter]:
+    """Every recipe parameter, by name: what TrainConfig, the CLI and the sweep derive from."""
+    return dict(PARAMETERS)
 
 
 @dataclass
@@ -26,13 +107,9 @@ class RecipeContext:
     steps: int = 10
     step_size: float | None = None
     bounds: tuple[float, float] = (0.0, 1.0)
-    lam: float = 1.0
-    beta: float = 6.0  # trades, mart
-    free_replays: int = 4  # free
-    gradalign_lambda: float = 0.2  # gradalign
-    noise_std: float | None = None  # augment; default eps
-    augment_crop: bool = True  # augment
-    augment_flip: bool = False  # augment
+    # The recipes' own parameters by name, flat as in TrainConfig (the loop gives them all, since the
+    # guard may switch recipes); a recipe reads its own with params_for. Missing ones take their defaults.
+    params: dict[str, Any] = field(default_factory=dict)
     generator: torch.Generator | None = None
     # Backward + optimizer step, for recipes that take their own (free, atta_free).
     update: Callable[[torch.Tensor], None] | None = None
@@ -42,6 +119,11 @@ class RecipeContext:
     # for a recipe that remembers each example from one epoch to the next (atta, atta_free).
     index: torch.Tensor | None = None
     train_size: int | None = None
+
+    def params_for(self, declared: type[P]) -> P:
+        """A recipe's parameters: its dataclass filled from ``params`` (defaults for the rest)."""
+        names = {f.name for f in dataclasses.fields(declared)}
+        return declared(**{k: v for k, v in self.params.items() if k in names})
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training attack: PGD from a random start, last iterate (as in Madry et al.)."""
@@ -70,8 +152,9 @@ RECIPES: Registry[Recipe] = Registry("recipe")
 class RecipeTraits:
     """What the rest of toughen needs to know of a recipe, declared where it is registered.
 
-    parameters: the TrainConfig fields only this recipe reads; a sweep varies them only for it
-        and the report shows them next to its name (every other field applies to all recipes).
+    parameters: the names of its own parameters (its params dataclass), the TrainConfig keys only
+        this recipe reads; a sweep varies them only for it and the report shows them next to its
+        name (every other key applies to all recipes).
     single_step: one gradient computation per attack step; the catastrophic-overfitting guard
         (toughen.train.guard) watches it.
     per_example: it keeps one perturbation per training example between epochs (in ctx.state),
@@ -86,17 +169,42 @@ class RecipeTraits:
 TRAITS: dict[str, RecipeTraits] = {}
 
 
-def register_recipe(name: str, *, parameters: tuple[str, ...] = (), single_step: bool = False,
+def register_recipe(name: str, *, params: type | None = None, single_step: bool = False,
                     per_example: bool = False) -> Callable[[Recipe], Recipe]:
-    """Register a recipe under ``name`` with its traits (:class:`RecipeTraits`), in one place."""
+    """Register a recipe under ``name``, with the dataclass of its own parameters (``params``,
+    fields made with :func:`param`) and its traits (:class:`RecipeTraits`), in one place. Two
+    recipes may share a parameter (trades and mart read beta) if they declare it alike."""
+    found = _declared(name, params) if params is not None else []
+    for p in found:
+        known = PARAMETERS.get(p.name)
+        if known is not None and (known.default, known.kind, known.optional, known.limits) != (
+                p.default, p.kind, p.optional, p.limits):
+            raise ValueError(f"recipe {name!r} declares parameter {p.name} unlike {', '.join(known.recipes)} does")
     add = RECIPES.register(name)
 
     def register(fn: Recipe) -> Recipe:
         add(fn)
-        TRAITS[name] = RecipeTraits(tuple(parameters), single_step, per_example)
+        for p in found:
+            known = PARAMETERS.get(p.name)
+            PARAMETERS[p.name] = dataclasses.replace(p, recipes=(known.recipes if known else ()) + (name,))
+        TRAITS[name] = RecipeTraits(tuple(p.name for p in found), single_step, per_example)
         return fn
 
     return register
+
+
+def unregister_recipe(name: str) -> None:
+    """Take a recipe out of the registry, with the parameters only it declared (for tests that
+    register one of their own)."""
+    RECIPES.unregister(name)
+    TRAITS.pop(name, None)
+    for pname, p in list(PARAMETERS.items()):
+        if name in p.recipes:
+            rest = tuple(r for r in p.recipes if r != name)
+            if rest:
+                PARAMETERS[pname] = dataclasses.replace(p, recipes=rest)
+            else:
+                del PARAMETERS[pname]
 
 
 def traits(recipe: str) -> RecipeTraits:

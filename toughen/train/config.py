@@ -11,7 +11,7 @@ from toughen.data import DATASETS
 from toughen.errors import ToughenUsageError, check_number
 from toughen.models import MODELS
 from toughen.precision import check_amp, check_channels_last
-from toughen.train._registry import RECIPES, traits
+from toughen.train._registry import RECIPES, declared_parameters, traits
 
 OPTIMIZERS = ("sgd", "adam")
 # Every numeric field: its range (toughen.errors.check_number), checked before anything is
@@ -21,8 +21,6 @@ NUMBERS: dict[str, dict[str, Any]] = {
     "val_size": dict(low=0, above=True),
     "steps": _WHOLE_STEPS, "eval_steps": _WHOLE_STEPS, "val_attack_steps": {**_WHOLE_STEPS, "optional": True},
     "step_size": dict(low=0, above=True, optional=True),
-    "lam": dict(low=0), "beta": dict(low=0), "gradalign_lambda": dict(low=0),
-    "free_replays": dict(low=1, high=1000, whole=True), "noise_std": dict(low=0, optional=True),
     "epochs": dict(low=1, high=100_000, whole=True), "batch_size": dict(low=1, high=10_000_000, whole=True),
     "lr": dict(low=0, above=True), "momentum": dict(low=0, high=1), "weight_decay": dict(low=0),
     "eps_warmup": dict(low=0, high=1), "crop_pad": dict(low=0, high=10_000, whole=True),
@@ -35,8 +33,13 @@ LR_SCHEDULES = ("constant", "onecycle", "cosine", "piecewise")
 SELECT_MODES = ("best", "last")
 
 
-@dataclass
+@dataclass(init=False)
 class TrainConfig:
+    """Everything a run needs, flat: ``TrainConfig(recipe="mix", lam=0.5)``, config.yaml and the
+    ``train`` flags use the same keys. The fields below apply to every recipe; a recipe's own
+    parameters (lam, beta, ...) are declared with it (toughen.train._registry.register_recipe) and
+    live in ``recipe_params``, read and set as attributes like the fields (``cfg.lam``)."""
+
     # what to train
     data: str = "mnist5k"
     data_dir: str | None = None
@@ -51,13 +54,6 @@ class TrainConfig:
     norm: str = "linf"
     steps: int = 10  # attack steps during training
     step_size: float | None = None  # default 2.5 * eps / steps
-    lam: float = 1.0  # weight of the adversarial loss in the `mix` recipe
-    beta: float = 6.0  # weight of the robustness regularizer in `trades` and `mart`
-    free_replays: int = 4  # m: how many times `free` replays each minibatch
-    gradalign_lambda: float = 0.2  # weight of the gradient-alignment regularizer in `gradalign`
-    noise_std: float | None = None  # Gaussian noise of the `augment` baseline; default eps
-    augment_crop: bool = True  # random crops (shifts of up to 1/8 of the side) in `augment`
-    augment_flip: bool = False  # horizontal flips in `augment` (off: a mirrored digit is another digit)
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "adam"
@@ -90,6 +86,48 @@ class TrainConfig:
     val_attack_steps: int | None = None  # PGD steps on the validation split each epoch; default `steps`
     eval_steps: int = 20  # PGD steps for the test-split robust accuracy in summary.json
     eval_n: int | None = None  # test examples to evaluate (all when None)
+    # every declared recipe parameter (all recipes', as the guard may switch): {name: value}
+    recipe_params: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, **values: Any) -> None:
+        declared = declared_parameters()
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        clash = sorted(set(declared) & set(fields))
+        if clash:
+            raise ValueError(f"recipe parameters {', '.join(clash)} have the names of TrainConfig fields; rename them")
+        params = dict(values.pop("recipe_params", None) or {})  # dataclasses.replace passes it back
+        params.update({k: values.pop(k) for k in list(values) if k in declared})
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise TypeError(f"TrainConfig got unknown keys {', '.join(unknown)}")
+        for name, f in fields.items():
+            if name in values:
+                value = values[name]
+            elif f.default is not dataclasses.MISSING:
+                value = f.default
+            else:
+                value = f.default_factory()  # type: ignore[misc]
+            object.__setattr__(self, name, value)
+        self.recipe_params = {**{k: p.default for k, p in declared.items()}, **params}
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not fields: a recipe's parameter
+        params = self.__dict__.get("recipe_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"TrainConfig has no field or recipe parameter {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__.get("recipe_params", ()) and name not in self.__dataclass_fields__:
+            self.recipe_params[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The flat keys of a config: the fields and every declared recipe parameter."""
+        fields = [f.name for f in dataclasses.fields(cls) if f.name != "recipe_params"]
+        at = fields.index("step_size") + 1  # the recipe's parameters next to the attack's, as config.yaml has them
+        return fields[:at] + list(declared_parameters()) + fields[at:]
 
     def resolved_step_size(self) -> float:
         return self.step_size if self.step_size is not None else threat.default_step_size(self.eps, self.steps)
@@ -102,9 +140,10 @@ class TrainConfig:
         for name in ("data", "model", "recipe", "norm", "optimizer", "lr_schedule", "select", "guard_fallback"):
             if not isinstance(getattr(self, name), str):
                 raise ToughenUsageError(f"{name} must be a name, got {getattr(self, name)!r}")
-        for name in ("normalize", "augment_crop", "augment_flip", "guard"):
+        for name in ("normalize", "guard"):
             if not isinstance(getattr(self, name), bool):
                 raise ToughenUsageError(f"{name} is true or false, got {getattr(self, name)!r}")
+        self._validate_recipe_params()
         if not isinstance(self.model_options, dict):
             raise ToughenUsageError(f"model_options is a mapping of the model's options, got {self.model_options!r}")
         for name, limits in NUMBERS.items():
@@ -145,6 +184,19 @@ class TrainConfig:
         candidates = [self.recipe] + ([self.guard_fallback] if self.guarded() else [])
         return next((r for r in candidates if traits(r).per_example), None)
 
+    def _validate_recipe_params(self) -> None:
+        declared = declared_parameters()
+        for name, value in self.recipe_params.items():
+            p = declared.get(name)
+            if p is None:
+                raise ToughenUsageError(f"unknown recipe parameter {name!r}; known: {', '.join(declared)}")
+            if p.kind is bool and not isinstance(value, bool):
+                raise ToughenUsageError(f"{name} is true or false, got {value!r}")
+            if p.kind is str and not (isinstance(value, str) or (value is None and p.optional)):
+                raise ToughenUsageError(f"{name} must be a name, got {value!r}")
+            if p.kind in (int, float):
+                check_number(name, value, **p.limits_for_check())
+
     def _validate_new_fields(self) -> None:
         if self.guard_ratio >= 1:
             raise ToughenUsageError(f"guard_ratio must be in (0, 1), got {self.guard_ratio}")
@@ -153,19 +205,23 @@ class TrainConfig:
         RECIPES.get(self.guard_fallback)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The flat mapping written as config.yaml: fields and recipe parameters side by side."""
+        flat = {**dataclasses.asdict(self), **self.recipe_params}
+        del flat["recipe_params"]
+        order = {k: i for i, k in enumerate(self.keys())}
+        return dict(sorted(flat.items(), key=lambda kv: order.get(kv[0], len(order))))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        return from_known_fields(cls, values, "unknown config keys: {unknown}; known: {known}")
+        return from_known_fields(cls, values, "unknown config keys: {unknown}; known: {known}", known=cls.keys())
 
 
-def from_known_fields(cls, values: dict[str, Any], message: str):
-    """``cls(**values)`` for a config dataclass, refusing keys it does not have with ``message``
-    (formatted with ``{unknown}`` and ``{known}``) rather than a TypeError."""
+def from_known_fields(cls, values: dict[str, Any], message: str, known: list[str] | None = None):
+    """``cls(**values)`` for a config dataclass, refusing keys it does not have (``known``; default
+    its fields) with ``message`` (formatted with ``{unknown}`` and ``{known}``) rather than a TypeError."""
     if not isinstance(values, dict):
         raise ToughenUsageError(f"a config is a mapping of keys to values, got {type(values).__name__}: {values!r:.80}")
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = set(known) if known is not None else {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ToughenUsageError(message.format(unknown=", ".join(unknown), known=", ".join(sorted(known))))

@@ -19,6 +19,8 @@ The single-step recipes (fgsm, fgsm_rs, nfgsm, gradalign, free, atta, atta_free)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,8 +28,8 @@ from torch import nn
 from toughen import threat
 from toughen.data.augment import random_crop, random_flip
 from toughen.train._registry import (  # noqa: F401  (the recipe contract, imported from here too)
-    RECIPES, Recipe, RecipeContext, StepOutput, list_recipes, recipe_parameters, register_recipe, require_index,
-    require_update, traits,
+    RECIPES, Recipe, RecipeContext, StepOutput, list_recipes, param, recipe_parameters, register_recipe,
+    require_index, require_update, traits,
 )
 
 
@@ -47,18 +49,28 @@ def madry(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext
     return StepOutput(F.cross_entropy(logits_adv, y), adv_logits=logits_adv)
 
 
-@register_recipe("mix", parameters=("lam",))
+@dataclass(frozen=True)
+class MixParams:
+    lam: float = param(1.0, "Weight of the adversarial loss.", low=0)
+
+
+@register_recipe("mix", params=MixParams)
 def mix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """The mixed objective L(f(x), y) + lam * L(f(x_adv), y) (Goodfellow et al. 2015 used
     alpha * L_clean + (1 - alpha) * L_adv; lam = (1 - alpha) / alpha)."""
     x_adv = ctx.attack(model, x, y)
     logits = model(torch.cat([x, x_adv]))
     clean, adv = logits[: len(x)], logits[len(x) :]
-    loss = F.cross_entropy(clean, y) + ctx.lam * F.cross_entropy(adv, y)
+    loss = F.cross_entropy(clean, y) + ctx.params_for(MixParams).lam * F.cross_entropy(adv, y)
     return StepOutput(loss, clean_logits=clean, adv_logits=adv)
 
 
-@register_recipe("trades", parameters=("beta",))
+@dataclass(frozen=True)
+class BetaParams:
+    beta: float = param(6.0, "Weight of the robustness term.", low=0)
+
+
+@register_recipe("trades", params=BetaParams)
 def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
     Accuracy"): min CE(f(x), y) + beta * KL(f(x) || f(x')), where x' maximizes the same KL
@@ -68,7 +80,7 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContex
     x_adv = kl_ascent(model, x, p_clean, ctx)
     logits_adv = model(x_adv)
     robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
-    loss = F.cross_entropy(logits, y) + ctx.beta * robust
+    loss = F.cross_entropy(logits, y) + ctx.params_for(BetaParams).beta * robust
     return StepOutput(loss, clean_logits=logits, adv_logits=logits_adv)
 
 
@@ -92,7 +104,7 @@ def kl_ascent(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, ctx: Rec
     return (x + delta).detach()
 
 
-@register_recipe("mart", parameters=("beta",))
+@register_recipe("mart", params=BetaParams)
 def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """MART (Wang et al. 2020, "Improving Adversarial Robustness Requires Revisiting
     Misclassified Examples"): a boosted CE on the PGD example,
@@ -107,21 +119,29 @@ def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
     bce = F.cross_entropy(adv, y) + F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), wrong)
     kl = (p_clean * (torch.log(p_clean + 1e-12) - torch.log(p_adv + 1e-12))).sum(dim=1)
     p_true = p_clean.gather(1, y[:, None]).squeeze(1)
-    loss = bce + ctx.beta * (kl * (1.0000001 - p_true)).mean()
+    loss = bce + ctx.params_for(BetaParams).beta * (kl * (1.0000001 - p_true)).mean()
     return StepOutput(loss, clean_logits=clean, adv_logits=adv)
 
 
-@register_recipe("augment", parameters=("noise_std", "augment_flip"))
+@dataclass(frozen=True)
+class AugmentParams:
+    noise_std: float | None = param(None, "Gaussian noise std, in data units; default eps.", low=0)
+    augment_crop: bool = param(True, "Random crops (shifts of up to 1/8 of the side).")
+    augment_flip: bool = param(False, "Horizontal flips (off: a mirrored digit is another digit).")
+
+
+@register_recipe("augment", params=AugmentParams)
 def augment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """The data-augmentation baseline the robust recipes are compared with: a random crop
     (pad by 1/8 of the side, shift), an optional horizontal flip, and Gaussian noise of
     standard deviation ``noise_std`` (default eps), clamped to the bounds. No attack."""
+    p = ctx.params_for(AugmentParams)
     x_aug = x
-    if ctx.augment_crop:
+    if p.augment_crop:
         x_aug = random_crop(x, max(1, x.shape[-1] // 8), ctx.generator, fill=ctx.bounds[0])
-    if ctx.augment_flip:
+    if p.augment_flip:
         x_aug = random_flip(x_aug, ctx.generator)
-    std = ctx.noise_std if ctx.noise_std is not None else ctx.eps
+    std = p.noise_std if p.noise_std is not None else ctx.eps
     noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
     x_aug = (x_aug + std * noise).clamp(*ctx.bounds)
     logits = model(x_aug)

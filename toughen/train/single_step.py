@@ -11,6 +11,8 @@ these recipes with a PGD probe (they are registered with ``single_step=True``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,9 +20,8 @@ from torch import nn
 from toughen import threat
 from toughen.attacks import pgd
 from toughen.train._registry import (
-    RecipeContext, StepOutput, register_recipe, require_index, require_update,
+    RecipeContext, StepOutput, param, register_recipe, require_index, require_update,
 )
-
 
 
 def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext, *,
@@ -74,7 +75,12 @@ def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, create_gra
     return grad
 
 
-@register_recipe("gradalign", parameters=("gradalign_lambda",), single_step=True)
+@dataclass(frozen=True)
+class GradAlignParams:
+    gradalign_lambda: float = param(0.2, "Weight of the gradient-alignment regularizer.", low=0)
+
+
+@register_recipe("gradalign", params=GradAlignParams, single_step=True)
 def gradalign(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """FGSM + GradAlign (Andriushchenko and Flammarion 2020, "Understanding and Improving Fast
     Adversarial Training"): CE on the FGSM example plus
@@ -90,11 +96,16 @@ def gradalign(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     grad_noisy = input_grad(model, x + eta, y, create_graph=True)
     cos = F.cosine_similarity(grad_clean.flatten(1), grad_noisy.flatten(1), dim=1, eps=1e-12)
     out = _train_on(model, x_adv, y)
-    out.loss = out.loss + ctx.gradalign_lambda * (1 - cos).mean()
+    out.loss = out.loss + ctx.params_for(GradAlignParams).gradalign_lambda * (1 - cos).mean()
     return out
 
 
-@register_recipe("free", parameters=("free_replays",), single_step=True)
+@dataclass(frozen=True)
+class FreeParams:
+    free_replays: int = param(4, "Replays m of each minibatch.", low=1, high=1000)
+
+
+@register_recipe("free", params=FreeParams, single_step=True)
 def free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """Free adversarial training (Shafahi et al. 2019, "Adversarial Training for Free!"): each
     minibatch is replayed m = free_replays times; every replay's one backward pass gives both the
@@ -106,7 +117,7 @@ def free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
     if carried is None or carried.shape[1:] != x.shape[1:] or len(carried) < len(x):
         carried = torch.zeros_like(x)  # the first batch (or the data changed shape)
     delta = threat.clamp_to_bounds(x, threat.project(carried[: len(x)], ctx.eps, ctx.norm), ctx.bounds)
-    for _ in range(ctx.free_replays):
+    for _ in range(ctx.params_for(FreeParams).free_replays):
         delta.requires_grad_(True)
         logits = model(x + delta)
         loss = F.cross_entropy(logits, y)

@@ -66,9 +66,7 @@ class TrainingState:
         guard = Guard(cfg, splits.x_val, splits.y_val)
         ctx = RecipeContext(
             eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, step_size=cfg.resolved_step_size(), bounds=splits.bounds,
-            lam=cfg.lam, beta=cfg.beta, free_replays=cfg.free_replays, gradalign_lambda=cfg.gradalign_lambda,
-            noise_std=cfg.noise_std, augment_crop=cfg.augment_crop,
-            augment_flip=cfg.augment_flip, generator=attack_gen, train_size=len(splits.x_train),
+            params=dict(cfg.recipe_params), generator=attack_gen, train_size=len(splits.x_train),
         )
         return cls(cfg, dist, splits, model, step_model, optimizer, scaler, guard, ctx, shuffle_gen, attack_gen,
                    memory_format)
