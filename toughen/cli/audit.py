@@ -28,16 +28,21 @@ def audit(
     steps: int = typer.Option(20, help="PGD steps of the baseline attack (the 'more iterations' check uses 3x)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
+    active_test: bool = typer.Option(False, "--active-test", help="Also run the binarization test (Zimmermann et al. "
+                                     "2022): do PGD, APGD and Square find adversarial examples known to exist?"),
+    active_n: int = typer.Option(20, help="Test examples (cases) of --active-test."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object, nothing else."),
 ) -> None:
     """Check a model for gradient masking: verdict "pass" (exit 0) or "suspicious" (exit 1), with the
-    evidence of each check. Writes RUN_DIR/audit.json for a run directory."""
+    evidence of each check. Writes RUN_DIR/audit.json for a run directory. --active-test adds the
+    binarization test's pass fractions (which leave the verdict as it is)."""
     from toughen.evaluation.audit import audit_command
 
     report = audit_command(
         run_dir, model_spec=model, weights=str(weights) if weights else None, data=data,
         data_dir=str(data_dir) if data_dir else None, eps=parse_number(eps, "--eps"),
         norm=norm, n=n, n_queries=queries, steps=steps, seed=seed, device=device,
+        active_n=active_n if active_test else None,
     )
     if json_out:
         print(json.dumps(report))
@@ -51,5 +56,24 @@ def audit(
             color = "green" if c["status"] == "pass" else "red"
             table.add_row(escape(c["name"]), f"[{color}]{escape(c['status'])}[/]", escape(c["evidence"]))
         out.print(table)
+        if "active_test" in report:
+            out.print(_active_table(report["active_test"]))
         out.print(f"verdict: [bold]{report['verdict']}[/]")
     raise typer.Exit(0 if report["verdict"] == "pass" else 1)
+
+
+def _active_table(result: dict) -> Table:
+    """The binarization test's pass fraction per attack, and the random baseline."""
+    valid = result["n_valid"]
+    table = Table(title=escape(f"binarization test: {valid}/{result['n_cases']} valid cases, "
+                               f"features at {result['feature_layer']}"))
+    for c in ("attack", "passed"):
+        table.add_column(c)
+
+    def share(fraction):
+        return "-" if fraction is None else f"{round(fraction * valid)}/{valid} ({100 * fraction:.1f}%)"
+
+    for label, fraction in result["pass_fraction"].items():
+        table.add_row(escape(label), share(fraction))
+    table.add_row("random points (baseline)", share(result["random_pass_fraction"]))
+    return table

@@ -22,11 +22,12 @@ an adversarial example is known to exist, and asks whether an attack finds it. F
 A sound attack passes (nearly) every valid case. A gradient attack that fails cases a
 gradient-free one passes cannot be trusted on this model; an attack that does no better than
 ``random_pass_fraction`` (the cases in which ``n_inner`` random points in the ball already hit
-class 1) is not searching at all.
+class 1) is not searching at all. The test also grades honest attacks: the binarized loss has
+local maxima, so PGD from one random start misses some cases that APGD or restarts find.
 
-    result = binarization_test(model, x[:20], y[:20], [Attack("pgd", {"steps": 20}),
+    result = binarization_test(model, x[:20], y[:20], [Attack("pgd", {"steps": 20, "restarts": 3}),
                                Attack("square", {"n_queries": 1000})], eps=0.1)
-    result.pass_fraction  # {"pgd(steps=20)": 1.0, "square(n_queries=1000)": 1.0}
+    result.pass_fraction, result.random_pass_fraction  # per attack, and the baseline
 
 Why the penultimate layer and not the logits: ten logits cannot separate a few hundred points in
 general position, while a wide penultimate layer (1024 features for ``small_cnn``) can, so the
@@ -36,6 +37,7 @@ uses the model's outputs instead (for a model whose last ``nn.Linear`` is not it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,11 +49,12 @@ from tqdm.auto import tqdm
 from toughen import threat
 from toughen.attacks import Attack
 from toughen.errors import ToughenUsageError, check_number
-from toughen.evaluation.cascade import model_device
+from toughen.evaluation.cascade import model_device, per_batch
 from toughen.logits import logits_of
 
 INNER_RADIUS = 0.95  # the inner points' ball, relative to eps: the paper's gap between the two classes
 FEATURE_BATCH = 256  # points per forward pass when reading features
+LOGIT_CAP = 10.0  # the readout's largest logit difference on its training points (when the gap allows)
 
 
 def default_attacks(steps: int = 20, n_queries: int = 1000) -> list[Attack]:
@@ -68,7 +71,7 @@ class ActiveTestResult:
     example: ``index``, ``valid``, ``reason`` (why not), ``attempts``, ``correct`` (the original
     model's clean prediction), ``clean_margin`` and ``boundary_margin`` (the readout's logit
     difference z1 - z0 at x and at x'), ``random_pass``, and per attack ``passed`` and ``margin``
-    (the logit difference at the attack's result: > 0 is class 1)."""
+    (the logit difference at the attack's result: > 0 is class 1); ``seconds`` the whole test."""
 
     eps: float
     norm: str
@@ -79,6 +82,7 @@ class ActiveTestResult:
     pass_fraction: dict[str, float | None]
     random_pass_fraction: float | None
     cases: tuple[dict[str, Any], ...]
+    seconds: float
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, for JSON."""
@@ -96,6 +100,7 @@ class Binarized(nn.Module):
         self.model, self.layer = model, layer
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
+        self.training = model.training  # as the attacks see it; not .train(), which would reset the model's modules
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = features(self.model, self.layer, x)
@@ -155,8 +160,8 @@ def find_feature_layer(model: nn.Module, x: torch.Tensor, feature_layer: str | n
 
 def fit_readout(f_inner: torch.Tensor, f_boundary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A 2-way linear readout (weight ``(2, d)``, bias ``(2,)``) whose logit difference z1 - z0 is
-    <= -1 on every row of ``f_inner`` and >= +1 on every row of ``f_boundary``; None when the
-    fit does not separate them.
+    <= -1 on every row of ``f_inner`` and >= +1 on every row of ``f_boundary`` (or of that sign,
+    when the rows spread beyond +-``LOGIT_CAP``); None when the fit does not separate them.
 
     Closed form, no optimizer to tune: the minimum-norm least-squares fit of the targets -1 and
     +1 (in the dual, ``w = F^T (F F^T + lambda I)^-1 t`` with a tiny ridge lambda, on centred
@@ -178,8 +183,11 @@ def fit_readout(f_inner: torch.Tensor, f_boundary: torch.Tensor) -> tuple[torch.
     if not bottom_boundary > top_inner:
         return None
     half_gap = (bottom_boundary - top_inner) / 2
-    w = w / half_gap
-    b = -(top_inner + half_gap) / half_gap - mu @ w  # z1 - z0 = f @ w + b
+    # Map the gap to [-1, 1], unless that puts a training point beyond +-LOGIT_CAP: a narrow gap in
+    # a wide spread would saturate the attacks' softmax, masking gradients the model does not mask.
+    scale = max(half_gap.item(), (s - top_inner - half_gap).abs().max().item() / LOGIT_CAP)
+    w = w / scale
+    b = -(top_inner + half_gap) / scale - mu @ w  # z1 - z0 = f @ w + b
     weight, bias = torch.stack([-w / 2, w / 2]), torch.stack([-b / 2, b / 2])
     return weight.to(f_inner.dtype), bias.to(f_inner.dtype)
 
@@ -260,8 +268,9 @@ def binarization_test(
         feature_layer: the module whose input is the feature vector (a module or its name), or
             "logits"; default the last ``nn.Linear`` the forward pass calls.
         attempts: draws per example before its case is declared invalid.
-        generator: the source of all randomness (points, and the attacks' own), on the model's
-            device; the result is deterministic given its state. None: the global generator.
+        generator: the source of all randomness (one seed is drawn from it, then each case and
+            each (attack, case) gets a generator of its own on the model's device): the result is
+            deterministic given its state. None: the global generator.
 
     Returns:
         :class:`ActiveTestResult`: per attack the fraction of valid cases passed, the random
@@ -279,6 +288,7 @@ def binarization_test(
     labels = [getattr(a, "label", getattr(a, "__name__", "attack")) for a in attacks]
     if len(set(labels)) != len(labels):
         raise ToughenUsageError(f"two attacks share a label ({', '.join(labels)}); give each different settings")
+    start = time.perf_counter()
     device = model_device(model)
     x, y = x.to(device), y.to(device)
     lo, hi = bounds
@@ -288,13 +298,20 @@ def binarization_test(
     with torch.no_grad():
         correct = (logits_of(model, x).argmax(1) == y).tolist()
     zero = torch.zeros(1, dtype=torch.long, device=device)
+    # One seed drawn from ``generator``, then a generator of its own for each case's points and for
+    # each (attack, case), as the cascade does: an attack's draws do not depend on how many random
+    # numbers the attacks before it used, nor the cases on the attacks.
+    seed = int(torch.randint(0, 2**31, (1,), generator=generator,
+                             device=generator.device if generator is not None else "cpu"))
+    generators = per_batch(seed, device)
 
     cases = []
     for i in tqdm(range(len(x)), desc="binarization test", disable=not progress, leave=False):
         x1 = x[i:i + 1]
         case: dict[str, Any] = {"index": i, "correct": correct[i], "valid": False, "reason": None}
+        gen = generators(0, i)
         for attempt in range(1, attempts + 1):
-            binarized, boundary = _build_case(model, layer, x1, eps, norm, bounds, n_inner, generator)
+            binarized, boundary = _build_case(model, layer, x1, eps, norm, bounds, n_inner, gen)
             case["attempts"] = attempt
             if binarized is None:
                 case["reason"] = "the linear readout did not separate x' from the inner points"
@@ -311,11 +328,11 @@ def binarization_test(
             cases.append(case)
             continue
         # The baseline an attack must beat: as many random points in the whole ball as the readout saw.
-        noise = x1 + threat.random_start(x1.expand(n_inner, *x1.shape[1:]), eps, norm, bounds, generator)
+        noise = x1 + threat.random_start(x1.expand(n_inner, *x1.shape[1:]), eps, norm, bounds, gen)
         case["random_pass"] = bool((_margin(binarized, noise) > 0).any())
         case["passed"], case["margin"] = {}, {}
-        for label, attack in zip(labels, attacks):
-            x_adv = attack(binarized, x1, zero, eps=eps, norm=norm, bounds=bounds, generator=generator)
+        for k, (label, attack) in enumerate(zip(labels, attacks)):
+            x_adv = attack(binarized, x1, zero, eps=eps, norm=norm, bounds=bounds, generator=generators(k + 1, i))
             margin = _margin(binarized, x_adv).item()
             case["margin"][label] = margin
             case["passed"][label] = margin > 0 and _in_threat(x1, x_adv, eps, norm, bounds)
@@ -326,7 +343,7 @@ def binarization_test(
     random_fraction = sum(c["random_pass"] for c in valid) / len(valid) if valid else None
     return ActiveTestResult(eps=eps, norm=norm, feature_layer=layer_name, attacks=tuple(labels), n_cases=len(x),
                             n_valid=len(valid), pass_fraction=fraction, random_pass_fraction=random_fraction,
-                            cases=tuple(cases))
+                            cases=tuple(cases), seconds=time.perf_counter() - start)
 
 
 __all__ = ["ActiveTestResult", "Binarized", "binarization_test", "default_attacks", "features", "find_feature_layer",

@@ -24,6 +24,7 @@ from torch import nn
 from toughen import threat
 from toughen.attacks import Attack
 from toughen.errors import ToughenUsageError, check_number
+from toughen.evaluation.active_test import binarization_test, default_attacks
 from toughen.evaluation.cascade import model_device
 from toughen.evaluation.suite import evaluate
 from toughen.logits import logits_of
@@ -270,8 +271,11 @@ def load_factory_model(spec: str, weights: str | None, data_name: str, data_dir:
     return model.eval()
 
 
-def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n, n_queries, steps, seed, device):
-    """What `toughen audit` runs: returns the report, and writes RUN_DIR/audit.json for a run."""
+def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n, n_queries, steps, seed, device,
+                  active_n=None):
+    """What `toughen audit` runs: returns the report, and writes RUN_DIR/audit.json for a run.
+    ``active_n`` (a number) adds the binarization test of the default attacks on the first ``active_n``
+    test examples, under the key "active_test" (:mod:`toughen.evaluation.active_test`)."""
     from pathlib import Path
 
     from toughen.data import load_data
@@ -283,6 +287,8 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
         cfg = read_config(run_dir)
         kind = kind_of(cfg)
         if kind is not None:  # a text run, say: its own sanity checks
+            if active_n is not None:
+                raise ToughenUsageError("--active-test is for image models; this run has its own audit")
             return kind.audit(run_dir, cfg, eps=eps, norm=norm, n=n, seed=seed, device=dev)
         train = cfg["train"]
         model = load(run_dir, device=dev)
@@ -300,9 +306,15 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
         bounds = tuple(splits.bounds)
     if n < 1:
         raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    check_number("--active-n", active_n, low=1, whole=True, optional=True)
     report = audit(model, splits.x_test[:n], splits.y_test[:n], eps=eps, norm=norm, bounds=bounds, steps=steps,
                    n_queries=n_queries, seed=seed)
     report["model"] = str(run_dir) if run_dir is not None else model_spec
+    if active_n is not None:
+        gen = torch.Generator(device=model_device(model)).manual_seed(seed)
+        report["active_test"] = binarization_test(
+            model, splits.x_test[:active_n], splits.y_test[:active_n], default_attacks(steps, n_queries), eps=eps,
+            norm=norm, bounds=bounds, generator=gen).to_dict()
     if run_dir is not None:
         write_json(Path(run_dir) / "audit.json", report)
     return report
