@@ -9,7 +9,7 @@ from toughen.errors import ToughenUsageError
 
 CASES = [("linf", 0.1), ("l2", 1.0)]
 # Smaller budgets than the defaults, to keep the contract test fast; the attacks' own tests use more.
-CONTRACT_OPTIONS = {"apgd": {"steps": 20}, "square": {"n_queries": 150}}
+CONTRACT_OPTIONS = {"apgd": {"steps": 20}, "fab": {"steps": 20}, "square": {"n_queries": 150}}
 
 
 def _norm(t, norm):

@@ -15,6 +15,7 @@ from torch import nn
 from toughen._registry import Registry
 from toughen.attacks.losses import margin
 from toughen.attacks.apgd import apgd
+from toughen.attacks.fab import fab
 from toughen.attacks.pgd import fgsm, pgd
 from toughen.attacks.square import square
 
@@ -23,6 +24,7 @@ ATTACKS.register("fgsm")(fgsm)
 ATTACKS.register("pgd")(pgd)
 ATTACKS.register("apgd")(apgd)
 ATTACKS.register("square")(square)
+ATTACKS.register("fab")(fab)
 
 
 def list_attacks() -> list[str]:
@@ -56,4 +58,4 @@ class Attack:
         return ATTACKS.get(self.name)(model, x, y, **threat, **self.options)
 
 
-__all__ = ["Attack", "ATTACKS", "apgd", "fgsm", "get_attack", "list_attacks", "margin", "pgd", "square"]
+__all__ = ["Attack", "ATTACKS", "apgd", "fab", "fgsm", "get_attack", "list_attacks", "margin", "pgd", "square"]

@@ -16,7 +16,7 @@ The algorithm, per example (section 3 of the paper), from x^(0) = x_orig or a ra
         towards x_orig: x^(i+1) = x_orig + beta (x^(i+1) - x_orig).
 
 Random restarts start on the sphere of radius min(best norm so far, start_radius) / 2 around
-x_orig (the paper: half the best norm found; AutoAttack: eps / 2). FAB-T runs the targeted version
+x_orig: near the best point found, never further than AutoAttack's eps / 2. FAB-T runs the targeted version
 once per target class, the classes the model ranks highest after the true one at the clean input.
 Success is misclassification in both versions: the target only chooses the boundary.
 
@@ -34,7 +34,7 @@ from torch import nn
 
 from toughen import threat
 from toughen.attacks.pgd import _check_inputs
-from toughen.errors import ToughenUsageError, check_number
+from toughen.errors import check_number
 from toughen.logits import logits_of
 from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
 

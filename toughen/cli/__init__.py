@@ -17,7 +17,7 @@ import typer
 import yaml
 from rich.markup import escape
 
-from toughen.cli import audit, demo, evaluate, report, sweep, train
+from toughen.cli import audit, certify, demo, evaluate, report, sweep, train
 from toughen.cli.common import with_recipe_flags
 from toughen.console import err
 from toughen.errors import ToughenUsageError
@@ -36,6 +36,7 @@ def build_app() -> typer.Typer:
     app.callback()(_options)
     app.command("train")(with_recipe_flags(train.train))
     app.command("eval")(evaluate.eval_)
+    app.command("certify")(certify.certify)
     app.command("audit")(audit.audit)
     app.command("demo")(demo.demo)
     app.command("demo-text")(demo.demo_text)

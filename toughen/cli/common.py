@@ -108,6 +108,7 @@ def print_rows(title: str, rows: list[dict]) -> None:
     """Summaries or evaluations as one table, the columns toughen shows in a fixed order."""
     # a summary's or an evaluation's precision record shows as its label: "bf16+CL" (CL: channels-last)
     rows = [{**r, "precision": r["precision"]["label"]} if isinstance(r.get("precision"), dict) else r for r in rows]
-    print_table(title, rows, ("run", "recipe", "lam", "beta", "attack", "robust_attack", "eps", "precision",
-                              "clean_accuracy", "robust_accuracy", "n", "n_test", "train_seconds", "seconds", "status"),
-                names=("run", "recipe", "attack", "status"), short=("eps", "lam", "beta"), missing="—")
+    print_table(title, rows, ("run", "recipe", "lam", "beta", "attack", "robust_attack", "method", "eps", "norm",
+                              "precision", "clean_accuracy", "robust_accuracy", "certified_accuracy", "n", "n_test",
+                              "train_seconds", "seconds", "status"),
+                names=("run", "recipe", "attack", "method", "status"), short=("eps", "lam", "beta"), missing="—")

@@ -32,6 +32,10 @@ def eval_(
                                         "(see docs/evaluation.md). Replaces --attack."),
     eps_sweep: Optional[str] = typer.Option(None, help="Also a robustness curve: comma-separated eps values, "
                                             "e.g. 0.1,0.2,0.3 or 2/255,4/255,8/255."),
+    certify: Optional[str] = typer.Option(None, help="Also certify the same examples (ibp, crown, or smoothing "
+                                          "with --sigma) and print the bracket: certified <= true robust "
+                                          "accuracy <= attacked."),
+    sigma: Optional[str] = typer.Option(None, help="With --certify smoothing: the noise std."),
     amp: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16: the precision of the attack passes "
                                       "(who is fooled is always checked in fp32). Default: auto with --suite (the "
                                       "faster of fp32 and bf16 here, and of both memory layouts), else fp32."),
@@ -56,6 +60,8 @@ def eval_(
         return
     if budget is not None:
         raise ToughenUsageError("--budget applies to text runs only; image attacks take --eps")
+    if sigma is not None and certify != "smoothing":
+        raise ToughenUsageError("--sigma is the noise of randomized smoothing: give it with --certify smoothing")
     from toughen.evaluation.run_eval import evaluate_run
     from toughen.precision import parse_amp
 
@@ -63,15 +69,26 @@ def eval_(
     sweep = [parse_number(e.strip(), "--eps-sweep") for e in eps_sweep.split(",")] if eps_sweep is not None else None
     result = evaluate_run(run_dir, attack=attack, suite=suite, eps=parse_number(eps, "--eps"), norm=norm, steps=steps,
                           step_size=parse_number(step_size, "--step-size"), restarts=restarts, loss=loss, n=n,
-                          seed=seed, device=device, eps_sweep=sweep, amp=amp, progress=not json_out)
+                          seed=seed, device=device, eps_sweep=sweep, amp=amp, certify=certify,
+                          certify_options={"sigma": parse_number(sigma, "--sigma")} if certify == "smoothing" else None,
+                          progress=not json_out)
     if not main_process():
         return
     if json_out:
         print(json.dumps(result))
-    elif suite is not None or sweep is not None:  # a row per attack of the suite, then the worst case
+        return
+    if suite is not None or sweep is not None:  # a row per attack of the suite, then the worst case
         print_rows(str(run_dir), [{"attack": r["attack"], "robust_accuracy": r["robust_accuracy"],
                                    "seconds": r["seconds"]} for r in result["per_attack"]] + [result])
         for row in result.get("curve", []):
             out.print(f"eps {row['eps']:.4g}: robust accuracy {100 * row['robust_accuracy']:.1f}%")
     else:
-        print_rows(str(run_dir), [result])
+        print_rows(str(run_dir), [{k: v for k, v in result.items() if k not in ("bracket", "certified")}])
+    if "bracket" in result:
+        b = result["bracket"]
+        out.print(f"certified {100 * b['certified_accuracy']:.1f}% <= true robust accuracy <= "
+                  f"attacked {100 * b['attacked_accuracy']:.1f}% ({result['certified']['method']}, "
+                  f"{result['certified']['seconds']:.1f} s): {b['note']}", highlight=False)
+        if b["contradictions"]:
+            out.print(f"[bold red]{b['contradictions']} certified examples were fooled by the attack: a certificate "
+                      "or the attack is wrong; please report it[/]")

@@ -17,6 +17,7 @@ from toughen.attacks import Attack, get_attack
 from toughen.data import load_data
 from toughen.errors import ToughenUsageError, check_number
 from toughen.evaluation.attack_eval import evaluate_attack
+from toughen.evaluation.certified import bracket, certificate_row, run_certification
 from toughen.evaluation.suite import evaluate, resolve_suite, robustness_curve, with_amp
 from toughen.runs import load, read_config, record_evaluation
 from toughen.runtime import check_device, setup as setup_distributed, stream_seed
@@ -40,6 +41,8 @@ def evaluate_run(
     device: str = "cpu",
     eps_sweep: Sequence[float] | None = None,
     amp: str | None = None,
+    certify: str | None = None,
+    certify_options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the model of an image run directory on the first ``n`` examples of its test split
@@ -55,7 +58,9 @@ def evaluate_run(
 
     The result has clean_accuracy, robust_accuracy, attack, eps, norm, n, seconds and
     per_class_robust_accuracy; a suite or an eps_sweep adds suite, per_attack, amp and precision,
-    and an eps_sweep adds curve. Under torchrun each rank attacks its shard with its own seed (``stream_seed(seed,
+    and an eps_sweep adds curve. ``certify`` (ibp, crown or smoothing, with ``certify_options``
+    such as sigma) also certifies the same examples and adds ``certified`` (the certification's
+    numbers) and ``bracket`` (certified <= true <= attacked, with its width and what it means). Under torchrun each rank attacks its shard with its own seed (``stream_seed(seed,
     rank)``), the ranks' results are merged, and rank 0 records them.
     """
     if suite is not None and attack is not None:
@@ -89,6 +94,8 @@ def evaluate_run(
         attacks = with_amp(attacks, amp)
 
     dist, dev = setup_distributed(check_device(device))  # under torchrun: each rank its shard
+    if certify is not None and dist.enabled:
+        raise ToughenUsageError("--certify runs in one process; run toughen eval without torchrun")
     model = load(run_dir, device=dev)
     splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
                        options=train_cfg.get("data_options"))
@@ -115,9 +122,52 @@ def evaluate_run(
                                 progress=progress, amp=amp)
         result["curve"] = [{"eps": row["eps"], "robust_accuracy": row["robust_accuracy"], "seconds": row["seconds"]}
                            for row in dist.merge_rows(rows, len(xs))]
+    if certify is not None:
+        cert = run_certification(model, x.to(dev), y.to(dev), eps=eps, norm=norm, method=certify, bounds=bounds,
+                                 options=certify_options or {}, progress=progress)
+        result["bracket"] = bracket(cert, robust, result["robust_accuracy"])
+        result["certified"] = certificate_row(cert)
     if dist.is_main:
         record_evaluation(run_dir, result)
     return result
+
+
+def certify_run(
+    run_dir: str | Path,
+    *,
+    method: str = "ibp",
+    eps: float | None = None,
+    norm: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Certify the model of an image run directory on the first ``n`` test examples (all by
+    default) at ``eps`` in ``norm`` (default: the run's), and record the row in evaluations.jsonl.
+    ``options`` go to :func:`toughen.certify.certify` (sigma, n0, samples, alpha, batch_size)."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    if cfg.get("kind") is not None:
+        raise ToughenUsageError(f"{run_dir} is a {cfg['kind']} run; certification bounds image models")
+    train_cfg = cfg["train"]
+    eps = eps if eps is not None else train_cfg["eps"]
+    norm = norm or train_cfg["norm"]
+    bounds = tuple(cfg["data_info"]["bounds"])
+    threat.check_eps(eps, norm, bounds)
+    if n is not None and n < 1:
+        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    dev = check_device(device)
+    model = load(run_dir, device=dev)
+    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
+                       options=train_cfg.get("data_options"))
+    x, y = splits.x_test[:n].to(dev), splits.y_test[:n].to(dev)
+    result = run_certification(model, x, y, eps=eps, norm=norm, method=method, bounds=bounds,
+                               options={"seed": seed, **options}, progress=progress)
+    row = certificate_row(result)
+    record_evaluation(run_dir, {"certify": method, **row})
+    return {**row, "certified": result["certified"]}
 
 
 def _one_attack(attack: str, steps: int, step_size: float | None, restarts: int, loss: str) -> Attack:

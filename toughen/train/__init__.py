@@ -32,7 +32,7 @@ from toughen.train.loop import (
     TIMING_FIELDS, TrainingDiverged, choose_training_precision, fit, with_precision,
 )
 from toughen.train.recipes import RECIPES, RecipeContext, StepOutput, list_recipes
-from toughen.train import single_step  # noqa: F401  (registers the single-step recipes)
+from toughen.train import certified, single_step  # noqa: F401  (register the single-step and certified recipes)
 
 
 def train(

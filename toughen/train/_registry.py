@@ -104,6 +104,7 @@ class RecipeContext:
 
     eps: float
     norm: str = "linf"
+    ramp: float = 1.0  # how far the eps warm-up has come: eps / the run's eps (1 without a warm-up)
     steps: int = 10
     step_size: float | None = None
     bounds: tuple[float, float] = (0.0, 1.0)

@@ -174,7 +174,8 @@ def fit(
                 ctx.steps = recipe.steps
                 # A fresh step size for the warmed-up eps keeps the attack's reach proportional.
                 ctx.eps = eps_at(cfg.eps, cfg.eps_warmup, progress_frac)
-                ctx.step_size = recipe.step_size * (ctx.eps / cfg.eps if cfg.eps > 0 else 1.0)
+                ctx.ramp = ctx.eps / cfg.eps if cfg.eps > 0 else 1.0
+                ctx.step_size = recipe.step_size * ctx.ramp
                 global_idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 idx = dist.shard(global_idx)  # this rank's part of the global batch
                 update.at(epoch, b, grad_weight=dist.world_size * len(idx) / len(global_idx))
