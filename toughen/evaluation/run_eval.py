@@ -9,6 +9,7 @@ Each result is also a row of RUN_DIR/evaluations.jsonl, which the report reads.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -171,7 +172,11 @@ def certify_run(
 
 
 def _one_attack(attack: str, steps: int, step_size: float | None, restarts: int, loss: str) -> Attack:
-    options: dict[str, Any] = {"loss": loss}
+    options: dict[str, Any] = {}
+    if "loss" in inspect.signature(get_attack(attack)).parameters:
+        options["loss"] = loss
+    elif loss != "ce":
+        raise ToughenUsageError(f"the {attack} attack has no --loss option; drop it")
     if attack == "pgd":
         # early_stop leaves robust accuracy unchanged and skips work on examples already fooled
         options.update(steps=steps, restarts=restarts, early_stop=True)

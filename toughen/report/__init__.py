@@ -155,6 +155,7 @@ def build_report(
         galleries = _galleries([run for run in runs if not run.is_text], gallery_n, gallery_steps, device)
     text_examples = [t for run in runs if run.is_text and (t := _text_examples(run, gallery_n))]
 
+    bracket_rows, radius_lines = _certificates(runs)
     audits = [a for run in runs if (a := _audit(run))]
     summary_rows = [_summary_row(run) for run in runs]
     context = {
@@ -167,6 +168,9 @@ def build_report(
         "tradeoff": tradeoff,
         "robustness": robustness,
         "robustness_hint": any(run.results() for run in runs),
+        "brackets": plots.brackets(bracket_rows) if bracket_rows else None,
+        "bracket_rows": bracket_rows,
+        "radius_curves": plots.certified_radius_curves(radius_lines) if radius_lines else None,
         "curves": curves,
         "per_class": _per_class(runs),
         "galleries": galleries,
@@ -177,6 +181,31 @@ def build_report(
     atomic_write_text(out, render(context))
     os.chmod(out, 0o644)  # a page to share: the temporary file it was written as was private
     return out
+
+
+def _certificates(runs: list[RunRecord]) -> tuple[list[dict[str, Any]], list[tuple[str, list]]]:
+    """Per run, its latest deterministic certification with the attack beside it (the one run with
+    it, else the run's strongest measurement at the same threat), and smoothing's radius curves."""
+    rows, lines = [], []
+    for run in runs:
+        certs = run.certificates()
+        bound = [c for c in certs if c["method"] != "smoothing"]
+        if bound:
+            c = bound[-1]
+            attacked, clean = c["attacked"], c["clean"]
+            if attacked is None:
+                same = [r for r in run.results() if c["eps"] is not None and r.norm == c["norm"]
+                        and abs(r.eps - c["eps"]) < 1e-9]
+                attacked = min((r.robust_accuracy for r in same), default=None)
+            threat = f"{threat_size(c['eps'], c['norm'])} {NORM_NAMES.get(c['norm'], c['norm'])}"
+            rows.append({"label": f"{run.name} ({c['method']}, {threat})", "certified": c["certified"],
+                         "attacked": attacked, "clean": clean, "method": c["method"], "n": c["n"],
+                         "text": f"{_pct(c['certified'])} to {_pct(attacked)}" if attacked is not None
+                         else f"at least {_pct(c['certified'])}"})
+        smooth = [c for c in certs if c["method"] == "smoothing" and c["curve"]]
+        if smooth:
+            lines.append((f"{run.name} (σ = {fmt_number(smooth[-1]['sigma'])})", smooth[-1]["curve"]))
+    return rows, lines
 
 
 def _text_examples(run: RunRecord, n: int) -> dict[str, Any] | None:

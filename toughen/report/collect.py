@@ -155,6 +155,25 @@ class RunRecord:
                 found[(r.kind, r.attack, r.eps, r.norm, r.n)] = r
         return list(found.values())
 
+    def certificates(self) -> list[dict[str, Any]]:
+        """Every certification recorded (`toughen certify`, `toughen eval --certify`), oldest first:
+        method, eps, norm, n, clean and certified accuracy, the attacked accuracy when an attack
+        ran on the same examples, and smoothing's curve over L2 radii."""
+        found = []
+        for row in self.evaluations:
+            cert = row.get("certified") if isinstance(row.get("certified"), dict) else row
+            certified = _number(cert.get("certified_accuracy"))
+            if certified is None or not isinstance(cert.get("method"), str):
+                continue
+            bracket = row.get("bracket") if isinstance(row.get("bracket"), dict) else {}
+            curve = [(float(r), acc) for r, acc in _pairs(cert.get("curve"), ("radius",))
+                     if isinstance(r, (int, float))]
+            found.append({"method": cert["method"], "eps": _number(cert.get("eps")), "norm": str(cert.get("norm", "")),
+                          "n": cert.get("n"), "clean": _number(cert.get("clean_accuracy")), "certified": certified,
+                          "attacked": _number(bracket.get("attacked_accuracy")), "sigma": _number(cert.get("sigma")),
+                          "curve": curve})
+        return found
+
     def results_at_training_eps(self) -> list[Result]:
         if self.eps is None:
             return []
@@ -235,7 +254,7 @@ def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, dict):
-        for key in ("robust_accuracy", "accuracy", "value"):
+        for key in ("robust_accuracy", "certified_accuracy", "accuracy", "value"):
             if key in value:
                 return _number(value[key])
     return None

@@ -108,6 +108,27 @@ then again at other ε.</p>
 </section>
 {% endif %}
 
+{% if brackets %}
+<section id="certified">
+<h2>Certified against attacked</h2>
+<img src="{{ brackets }}" alt="per run, certified accuracy against attacked robust accuracy">
+<p class="note">A certificate proves an example robust (a lower bound on robust accuracy); an attack that fails proves
+nothing, but one that succeeds proves the example not robust (an upper bound). The true robust accuracy lies in the
+hatched range: {% for b in bracket_rows %}{{ b.label }}: {{ b.text }}{% if not loop.last %}; {% endif %}{% endfor %}.
+A wide range means the bound is loose for that model, not that the model is weak: models not trained for
+certification (ibp, crown_ibp) are rarely certified.</p>
+</section>
+{% endif %}
+
+{% if radius_curves %}
+<section id="smoothing">
+<h2>Randomized smoothing: certified accuracy over the L2 radius</h2>
+<img src="{{ radius_curves }}" alt="certified accuracy against L2 radius">
+<p class="note">Certifies the Gaussian-smoothed classifier (Cohen et al. 2019), each certificate holding with probability
+1 - alpha; an example counts at a radius if it is predicted right with at least that certified radius.</p>
+</section>
+{% endif %}
+
 {% if curves %}
 <section id="training">
 <h2>Training curves</h2>

@@ -150,3 +150,52 @@ def tradeoff(points: list[dict]) -> str:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return png_uri(fig)
+
+
+def brackets(rows: list[dict]) -> str:
+    """Per run, the bracket certified <= true robust accuracy <= attacked: a bar over the range
+    no evaluation has ruled out, the certified part solid, and clean accuracy as a tick.
+
+    Each row: ``{"label", "certified", "attacked" (or None), "clean" (or None)}`` in [0, 1]."""
+    fig = Figure(figsize=(7.5, 0.6 + 0.45 * len(rows)))
+    ax = fig.subplots()
+    for i, row in enumerate(rows):
+        certified = 100 * row["certified"]
+        ax.barh(i, certified, color=COLORS[2], height=0.5, label="certified" if i == 0 else None)
+        if row.get("attacked") is not None:
+            attacked = 100 * row["attacked"]
+            ax.barh(i, max(attacked - certified, 0), left=certified, color="#DDDDDD", edgecolor=COLORS[3],
+                    height=0.5, hatch="//", label="not known (certified to attacked)" if i == 0 else None)
+        right = max(100 * (row.get("attacked") or row["certified"]), 100 * (row.get("clean") or 0)) + 1.5
+        if row.get("attacked") is not None:
+            _text(ax, right, i, f"{certified:.1f}% – {attacked:.1f}%", va="center", fontsize=8)
+        else:
+            _text(ax, right, i, f"≥ {certified:.1f}% (no attack run)", va="center", fontsize=8)
+        if row.get("clean") is not None:
+            ax.plot([100 * row["clean"]] * 2, [i - 0.3, i + 0.3], color="black", lw=2,
+                    label="clean accuracy" if i == 0 else None)
+    ax.set_yticks(range(len(rows)), [row["label"] for row in rows], fontsize=8)
+    ax.set_xlim(0, 125)
+    ax.set_xticks(range(0, 101, 20))
+    ax.set_xlabel("accuracy (%)")
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return png_uri(fig)
+
+
+def certified_radius_curves(lines: list[tuple[str, list[tuple[float, float]]]]) -> str:
+    """Randomized smoothing: certified accuracy against the L2 radius, one line per run."""
+    fig = Figure(figsize=(7.5, 3.2))
+    ax = fig.subplots()
+    for i, (label, points) in enumerate(lines):
+        radius, acc = zip(*sorted(points))
+        ax.plot(radius, [100 * a for a in acc], marker="o", ms=3, color=COLORS[i % len(COLORS)], label=label)
+    ax.set_xlabel("L2 radius")
+    ax.set_ylabel("certified accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return png_uri(fig)
