@@ -18,6 +18,7 @@ from toughen.data import load_data
 from toughen.errors import ToughenUsageError
 from toughen.models import build_model
 from toughen.models.layers import Normalize
+from toughen.report import build_report
 from toughen.train import TrainConfig, fit
 
 
@@ -175,3 +176,18 @@ def test_certify_and_eval_certify_commands(ibp_mlp, tmp_path, capsys):
     assert rows[0]["certify"] == "ibp" and "bracket" in rows[1]
     code, _, err = run_cli(["certify", str(run), "--method", "smoothing", "--n", "5"], capsys)
     assert code == 2 and "L2" in err
+    page = build_report([run], tmp_path / "report.html", gallery=False).read_text()
+    low, high = (f"{100 * bracket[k]:.1f}%" for k in ("certified_accuracy", "attacked_accuracy"))
+    assert 'id="certified"' in page and f"(crown, ε=0.05 L∞): {low} to {high}" in page
+
+
+def test_smoothing_rows_draw_the_radius_curve(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("train: {recipe: augment, eps: 0.3, norm: linf, data: digits}\n")
+    row = {"certify": "smoothing", "method": "smoothing", "eps": 0.5, "norm": "l2", "n": 10, "sigma": 0.5,
+           "clean_accuracy": 0.9, "certified_accuracy": 0.6,
+           "curve": [{"radius": 0.0, "certified_accuracy": 0.8}, {"radius": 0.5, "certified_accuracy": 0.6}]}
+    (run / "evaluations.jsonl").write_text(json.dumps(row) + "\n")
+    page = build_report([run], tmp_path / "report.html", gallery=False).read_text()
+    assert 'id="smoothing"' in page and 'id="certified"' not in page
