@@ -32,6 +32,11 @@ def train(
     steps: Optional[int] = typer.Option(None, help="Attack steps during training."),
     step_size: Optional[str] = typer.Option(None, help="Attack step size; default 2.5 * eps / steps."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient's global L2 norm to this."),
+    ema: Optional[float] = typer.Option(None, "--ema", metavar="DECAY", help="Keep an exponential moving average "
+                                        "of the weights (e.g. 0.995): it is validated, selected, saved and "
+                                        "evaluated; model_raw.safetensors keeps the trained weights."),
+    ema_warmup: Optional[bool] = typer.Option(None, "--ema-warmup/--no-ema-warmup", help="Warm the EMA's decay up "
+                                              "as min(DECAY, (1 + t) / (10 + t)) after t steps (default on)."),
     select: Optional[str] = typer.Option(None, help="The run's model: best (validation robust accuracy, default) "
                                          "or last epoch."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation epoch."),
@@ -81,7 +86,8 @@ def train(
         batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
         eps_warmup=eps_warmup, weight_decay=weight_decay, val_size=val_size, eval_steps=eval_steps, seed=seed,
         channels_last=channels_last, grad_clip=grad_clip, select=select, patience=patience, guard=guard, guard_every=guard_every,
-        guard_fallback=guard_fallback, crop_pad=crop_pad, flip=flip, compile=compile_model,
+        guard_fallback=guard_fallback, crop_pad=crop_pad, flip=flip, compile=compile_model, ema=ema,
+        ema_warmup=ema_warmup,
     ))
     values.update(recipe_values(recipe_flags))
     if amp is not None:

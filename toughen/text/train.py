@@ -34,6 +34,7 @@ from toughen.text.evaluation import evaluate_text_attack
 from toughen.text.models import build_text_model, is_text_model
 from toughen.text.recipes import TEXT_RECIPES, TextRecipeContext
 from toughen.train.config import from_known_fields
+from toughen.train.ema import EMA, applied
 from toughen.runtime import check_device
 from toughen.train.loop import TrainingDiverged, make_optimizer
 from toughen.train.schedules import lr_factor
@@ -67,6 +68,8 @@ class TextTrainConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "onecycle"
     seed: int = 0
+    ema: float | None = None  # an EMA of the weights (toughen.train.ema) is the validated and saved model
+    ema_warmup: bool = True
     # how to measure it
     eval_attack: str = "char_obfuscate"
     eval_budget: int | None = None  # default: budget
@@ -96,6 +99,9 @@ class TextTrainConfig:
             raise ToughenUsageError(f"fraction is the part of each batch attacked, in [0, 1]; got {self.fraction}")
         if self.eps < 0 or self.lam < 0 or self.lr <= 0:
             raise ToughenUsageError("eps and lam must be >= 0 and lr > 0")
+        if self.ema is not None and (isinstance(self.ema, bool) or not isinstance(self.ema, (int, float))
+                                     or not 0 <= self.ema < 1):
+            raise ToughenUsageError(f"ema is the decay of the weights' average, in (0, 1) (0: off), got {self.ema!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ToughenUsageError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
         if self.lr_schedule not in ("constant", "onecycle", "cosine", "piecewise"):
@@ -124,8 +130,10 @@ def _eval_budget(cfg: TextTrainConfig) -> float:
 
 
 def fit_text(model, splits: TextSplits, cfg: TextTrainConfig, *, metrics_path: Path | None = None,
-             progress: bool = True) -> list[dict]:
-    """Train ``model`` in place; one metrics row per epoch (loss, train and validation accuracies)."""
+             raw_path: Path | None = None, progress: bool = True) -> list[dict]:
+    """Train ``model`` in place; one metrics row per epoch (loss, train and validation accuracies).
+    With ``cfg.ema`` the average is validated and is the model at the end; the trained weights go
+    to ``raw_path``."""
     device = next(model.parameters()).device
     recipe = TEXT_RECIPES.get(cfg.recipe)
     optimizer = make_optimizer(model, cfg)  # reads optimizer, lr, momentum, weight_decay
@@ -142,6 +150,7 @@ def fit_text(model, splits: TextSplits, cfg: TextTrainConfig, *, metrics_path: P
     n = len(splits.x_train)
     per_epoch = math.ceil(n / cfg.batch_size)
     history = []
+    ema = EMA(model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -160,6 +169,8 @@ def fit_text(model, splits: TextSplits, cfg: TextTrainConfig, *, metrics_path: P
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update(model)
             loss_sum += out.loss.item() * len(y)
             if out.clean_logits is not None:
                 clean_hits += (out.clean_logits.argmax(1) == y).sum().item()
@@ -171,8 +182,9 @@ def fit_text(model, splits: TextSplits, cfg: TextTrainConfig, *, metrics_path: P
                 adv_seen += len(y)
         train_seconds = time.perf_counter() - start
         model.eval()
-        val = evaluate_text_attack(model, splits.x_val[: cfg.val_n], splits.y_val[: cfg.val_n], cfg.eval_attack,
-                                   budget=_eval_budget(cfg), seed=cfg.seed, n_examples=0)
+        with applied(ema, model):
+            val = evaluate_text_attack(model, splits.x_val[: cfg.val_n], splits.y_val[: cfg.val_n], cfg.eval_attack,
+                                       budget=_eval_budget(cfg), seed=cfg.seed, n_examples=0)
         row = {
             "epoch": epoch, "loss": loss_sum / n,
             "train_clean_accuracy": clean_hits / clean_seen if clean_seen else None,
@@ -184,6 +196,10 @@ def fit_text(model, splits: TextSplits, cfg: TextTrainConfig, *, metrics_path: P
         history.append(row)
         if metrics_path is not None:
             append_jsonl(metrics_path, row)
+    if ema is not None:
+        if raw_path is not None:
+            save_weights(model, raw_path)
+        model.load_state_dict(ema.shadow)
     return history
 
 
@@ -207,7 +223,8 @@ def train_text(cfg: TextTrainConfig, out: str | Path, *, overwrite: bool = False
         }
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_doc, sort_keys=False, allow_unicode=True))
         start = time.perf_counter()
-        history = fit_text(model, splits, cfg, metrics_path=run_dir / "metrics.jsonl", progress=progress)
+        history = fit_text(model, splits, cfg, metrics_path=run_dir / "metrics.jsonl",
+                           raw_path=run_dir / "model_raw.safetensors", progress=progress)
         train_seconds = time.perf_counter() - start
         save_weights(model, run_dir / "model.safetensors")
         model.eval()

@@ -135,6 +135,7 @@ def train(
             "guard": _guard_summary(cfg, history),
             "precision": precision.to_dict(),
             "resumed": resume,
+            **({"ema": cfg.ema} if cfg.ema else {}),  # the decay of the average that is the model above
             "world_size": dist.world_size,
             "wall_seconds_this_process": wall_seconds,
         }

@@ -28,6 +28,7 @@ NUMBERS: dict[str, dict[str, Any]] = {
     "patience": dict(low=1, whole=True, optional=True),
     "guard_every": dict(low=0, whole=True), "guard_n": dict(low=1, whole=True), "guard_steps": dict(low=1, whole=True),
     "guard_ratio": dict(low=0, high=1, above=True), "eval_n": dict(low=1, whole=True, optional=True),
+    "ema": dict(low=0, high=1, optional=True),
 }
 LR_SCHEDULES = ("constant", "onecycle", "cosine", "piecewise")
 SELECT_MODES = ("best", "last")
@@ -72,6 +73,10 @@ class TrainConfig:
     channels_last: bool | str = "auto"
     compile: bool = False  # torch.compile the model of the training step (recipe and attack); pays off on GPUs
     grad_clip: float | None = None  # max global L2 norm of the gradient
+    # an EMA of the weights (toughen.train.ema), decay in (0, 1); None or 0: off. When on it is the
+    # model validated, selected, saved and evaluated; model_raw.safetensors keeps the trained weights
+    ema: float | None = None
+    ema_warmup: bool = True  # decay_t = min(ema, (1 + t) / (10 + t)) after t steps
     # model selection and early stopping, on the validation split's robust accuracy
     select: str = "best"  # "best": the run's model is the best validation epoch; "last": the final one
     patience: int | None = None  # stop after this many epochs without a better validation epoch
@@ -140,7 +145,7 @@ class TrainConfig:
         for name in ("data", "model", "recipe", "norm", "optimizer", "lr_schedule", "select", "guard_fallback"):
             if not isinstance(getattr(self, name), str):
                 raise ToughenUsageError(f"{name} must be a name, got {getattr(self, name)!r}")
-        for name in ("normalize", "guard"):
+        for name in ("normalize", "guard", "ema_warmup"):
             if not isinstance(getattr(self, name), bool):
                 raise ToughenUsageError(f"{name} is true or false, got {getattr(self, name)!r}")
         self._validate_recipe_params()
@@ -198,6 +203,8 @@ class TrainConfig:
                 check_number(name, value, **p.limits_for_check())
 
     def _validate_new_fields(self) -> None:
+        if self.ema is not None and self.ema >= 1:
+            raise ToughenUsageError(f"ema is the decay of the weights' average, in (0, 1) (0: off), got {self.ema}")
         if self.guard_ratio >= 1:
             raise ToughenUsageError(f"guard_ratio must be in (0, 1), got {self.guard_ratio}")
         if self.select not in SELECT_MODES:

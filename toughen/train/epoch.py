@@ -152,13 +152,18 @@ def metrics_row(epoch: int, recipe: str, tally: EpochTally, val_clean: float, va
 class Selection:
     """The best validation epoch so far, by robust then clean accuracy, and early stopping."""
 
-    best: dict[str, Any] | None = None  # epoch, key [robust, clean], weights on the CPU: as checkpointed
+    # epoch, key [robust, clean], weights (and with --ema the raw ones) on the CPU: as checkpointed
+    best: dict[str, Any] | None = None
 
-    def offer(self, epoch: int, val_robust: float, val_clean: float, model: nn.Module) -> bool:
-        """Keep a copy of ``model``'s weights if ``epoch`` beats the best so far; whether it did."""
+    def offer(self, epoch: int, val_robust: float, val_clean: float, model: nn.Module,
+              raw: dict[str, torch.Tensor] | None = None) -> bool:
+        """Keep a copy of ``model``'s weights (and of ``raw``, the trained weights when ``model``
+        holds their average) if ``epoch`` beats the best so far; whether it did."""
         key = [val_robust, val_clean]
         if self.best is None or key > self.best["key"]:
             self.best = {"epoch": epoch, "key": key, "weights": _clone(model.state_dict())}
+            if raw is not None:
+                self.best["raw"] = _clone(raw)
             return True
         return False
 

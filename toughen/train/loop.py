@@ -36,6 +36,7 @@ from toughen.runtime import SINGLE, Dist
 from toughen.train.checkpoint import CHECKPOINT, load_checkpoint
 from toughen.train.config import TrainConfig
 from toughen.train.cost import PassCounter
+from toughen.train.ema import applied
 from toughen.train.epoch import EpochTally, Selection, metrics_row, probe_guard, recipe_in_use, row_recipe
 from toughen.train.schedules import eps_at, lr_factor
 from toughen.train.state import TrainingState
@@ -128,7 +129,9 @@ def fit(
     and validation clean and robust accuracy, eps, lr, the recipe in use, forward and backward
     passes, the cost multiplier against a standard epoch, wall seconds, and guard events. At the
     end the model holds the selected weights (``cfg.select``: the best validation epoch, by
-    robust then clean accuracy, or the last).
+    robust then clean accuracy, or the last). With ``cfg.ema`` the average of the weights
+    (:mod:`toughen.train.ema`) is what is validated, selected and left in ``model``; the trained
+    weights of the selected epoch go to RUN_DIR/model_raw.safetensors.
 
     With ``run_dir``, the best epoch's weights are written to model.safetensors as training
     goes, the last epoch's to model_last.safetensors, and a checkpoint after each epoch; with
@@ -194,11 +197,12 @@ def fit(
             tally.add_train_passes(counter.take())
             train_seconds = time.perf_counter() - start
             dist.sync_buffers(model)  # one model, validated and saved, whichever rank holds it
-            val_clean, val_robust = validate(model, splits, cfg, state.attack_gen, dist)
-            tally.val_passes = counter.take()
-            tally.sum_over_ranks(dist, device)
-            if selection.offer(epoch, val_robust, val_clean, model) and run_dir is not None and dist.is_main:
-                save_weights(model, Path(run_dir) / "model.safetensors")
+            with applied(state.ema, model, dist) as raw:  # with --ema, the average is validated and selected
+                val_clean, val_robust = validate(model, splits, cfg, state.attack_gen, dist)
+                tally.val_passes = counter.take()
+                tally.sum_over_ranks(dist, device)
+                if selection.offer(epoch, val_robust, val_clean, model, raw) and run_dir is not None and dist.is_main:
+                    save_weights(model, Path(run_dir) / "model.safetensors")
             row = metrics_row(epoch, row_recipe(recipe, guard), tally, val_clean, val_robust, selection.best["epoch"],
                               ctx.eps, lr, n, train_seconds, time.perf_counter() - start - train_seconds)
             history.append(row)
@@ -210,6 +214,12 @@ def fit(
                 on_epoch(row)
     finally:
         counter.detach()
+    if state.ema is not None:  # the run's model is the average; model_raw.safetensors the trained weights of its epoch
+        if cfg.select == "best" and selection.best is not None:
+            model.load_state_dict(selection.best["raw"])
+        if run_dir is not None and dist.is_main:
+            save_weights(model, Path(run_dir) / "model_raw.safetensors")
+        model.load_state_dict(state.ema.shadow)
     if cfg.select == "best" and selection.best is not None:
         model.load_state_dict(selection.best["weights"])
     return history
@@ -276,6 +286,8 @@ class OptimizerStep:
             nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        if state.ema is not None:
+            state.ema.update(state.model)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:

@@ -19,6 +19,7 @@ from toughen.runs import save_weights
 from toughen.runtime import Dist, stream_seed
 from toughen.train.checkpoint import restore_rng, rng_state, save_checkpoint
 from toughen.train.config import TrainConfig
+from toughen.train.ema import EMA, applied
 from toughen.train.guard import Guard
 from toughen.train.recipes import RecipeContext
 
@@ -39,6 +40,7 @@ class TrainingState:
     shuffle_gen: torch.Generator  # the order of batches: the same on every rank
     attack_gen: torch.Generator  # attacks' random starts and the augmentation: each rank its own
     memory_format: torch.memory_format
+    ema: EMA | None = None  # the average of the weights (--ema), updated after every optimizer step
 
     @classmethod
     def create(cls, model: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, cfg: TrainConfig,
@@ -68,8 +70,9 @@ class TrainingState:
             eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, step_size=cfg.resolved_step_size(), bounds=splits.bounds,
             params=dict(cfg.recipe_params), generator=attack_gen, train_size=len(splits.x_train),
         )
+        ema = EMA(model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
         return cls(cfg, dist, splits, model, step_model, optimizer, scaler, guard, ctx, shuffle_gen, attack_gen,
-                   memory_format)
+                   memory_format, ema)
 
     @property
     def device(self) -> torch.device:
@@ -94,6 +97,8 @@ class TrainingState:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.guard.load_state_dict(ckpt["guard"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
         self.ctx.state = {k: v.to(device) for k, v in ckpt["recipe_state"].items()}
         restore_rng(ckpt["rng"], self.shuffle_gen, self.attack_gen)
         if not self.dist.enabled:
@@ -121,10 +126,12 @@ class TrainingState:
             recipe_state_by_rank = self.dist.gather(recipe_state)
         if not self.dist.is_main:
             return
-        save_weights(self.model, Path(run_dir) / "model_last.safetensors")
+        with applied(self.ema, self.model):  # the last epoch's model: the average, when there is one
+            save_weights(self.model, Path(run_dir) / "model_last.safetensors")
         save_checkpoint(run_dir, {
             "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "guard": self.guard.state_dict(),
             "recipe_state": recipe_state, "recipe_state_by_rank": recipe_state_by_rank,
             "rng": rng, "history": history, "best": best,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         })
