@@ -39,6 +39,15 @@ def eval_(
     amp: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16: the precision of the attack passes "
                                       "(who is fooled is always checked in fp32). Default: auto with --suite (the "
                                       "faster of fp32 and bf16 here, and of both memory layouts), else fp32."),
+    radius: bool = typer.Option(False, "--radius", help="Per-example robust radius instead: the smallest "
+                                "adversarial perturbation FAB and FAB-T find for each example (--steps, default "
+                                "100; --restarts), its median and the robustness curve at every eps from one run "
+                                "(at the --eps-sweep values too)."),
+    targets: int = typer.Option(9, help="With --radius: FAB-T's target classes, the top ones after the true "
+                                "class (0: untargeted FAB only)."),
+    refine: bool = typer.Option(True, help="With --radius: at --eps and each --eps-sweep value, attack the "
+                                "examples whose radius is within 10% above it with APGD-CE and APGD-T (FAB stops "
+                                "a little past the boundary)."),
 ) -> None:
     """Evaluate a trained run on its test split: clean and robust accuracy under one attack, or the
     worst case over an attack suite (--suite), optionally over a list of eps (--eps-sweep)."""
@@ -47,6 +56,12 @@ def eval_(
     if suite is not None and (steps is not None or restarts is not None or step_size is not None):
         raise ToughenUsageError("--suite runs each attack at its own budget; drop --steps, --restarts and "
                                 "--step-size, or evaluate one attack with --attack")
+    if radius:
+        _radius(run_dir, eps=eps, norm=norm, steps=steps, restarts=restarts, targets=targets, refine=refine, n=n,
+                seed=seed, device=device, json_out=json_out, eps_sweep=eps_sweep, amp=amp,
+                others={"--attack": attack, "--suite": suite, "--certify": certify, "--step-size": step_size,
+                        "--budget": budget, "--sigma": sigma, "--loss": None if loss == "ce" else loss})
+        return
     steps = 20 if steps is None else steps
     restarts = 1 if restarts is None else restarts
     if read_config(run_dir).get("kind") == "text":
@@ -92,3 +107,35 @@ def eval_(
         if b["contradictions"]:
             out.print(f"[bold red]{b['contradictions']} certified examples were fooled by the attack: a certificate "
                       "or the attack is wrong; please report it[/]")
+
+
+def _radius(run_dir: Path, *, eps, norm, steps, restarts, targets, refine, n, seed, device, json_out, eps_sweep,
+            amp, others) -> None:
+    """`toughen eval RUN_DIR --radius`: toughen.evaluation.run_eval.radius_run, printed."""
+    given = [flag for flag, value in others.items() if value is not None]
+    if given:
+        raise ToughenUsageError(f"--radius runs FAB's minimal search on its own; drop {', '.join(given)}")
+    from toughen.evaluation.run_eval import radius_run
+    from toughen.precision import parse_amp
+
+    sweep = [parse_number(e.strip(), "--eps-sweep") for e in eps_sweep.split(",")] if eps_sweep is not None else None
+    result = radius_run(run_dir, eps=parse_number(eps, "--eps"), norm=norm, eps_sweep=sweep, n=n, seed=seed,
+                        device=device, steps=100 if steps is None else steps,
+                        restarts=1 if restarts is None else restarts, n_target_classes=targets, refine=refine,
+                        amp=parse_amp(amp) if amp is not None else None, progress=not json_out)
+    if json_out:
+        print(json.dumps(result))
+        return
+    r = result["radius"]
+    print_rows(str(run_dir), [{k: v for k, v in result.items() if k != "radius"}])
+    median = "none found for half the examples" if r["median"] is None else f"{r['median']:.4g}"
+    out.print(f"median radius ({result['norm']}): {median}; misclassified clean (radius 0): {r['misclassified']}; "
+              f"no adversarial input found: {r['none_found']}", highlight=False)
+    shown = set(sweep or []) | {result["eps"]}
+    if not sweep:  # a few points of the grid: a tenth of the way each
+        grid = [row["eps"] for row in r["curve"]]
+        shown |= set(grid[::max(1, len(grid) // 10)])
+    for row in r["curve"]:
+        if row["eps"] in shown:
+            out.print(f"eps {row['eps']:.4g}: robust accuracy {100 * row['robust_accuracy']:.1f}% "
+                      "(radius > eps; an upper bound, like any attack's)", highlight=False)

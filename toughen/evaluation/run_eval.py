@@ -3,6 +3,7 @@
     from toughen.evaluation.run_eval import evaluate_run
     evaluate_run("runs/pgd", attack="pgd", steps=100)["robust_accuracy"]
     evaluate_run("runs/pgd", suite="standard", eps_sweep=[0.1, 0.2, 0.3])["curve"]
+    radius_run("runs/pgd")["radius"]["median"]      # per-example robust radii, the curve from one run
 
 Each result is also a row of RUN_DIR/evaluations.jsonl, which the report reads.
 """
@@ -13,12 +14,15 @@ import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from toughen import threat
 from toughen.attacks import Attack, get_attack
 from toughen.data import load_data
 from toughen.errors import ToughenUsageError, check_number
 from toughen.evaluation.attack_eval import evaluate_attack
 from toughen.evaluation.certified import bracket, certificate_row, run_certification
+from toughen.evaluation.radius import default_grid, radius_summary, robust_radii
 from toughen.evaluation.suite import evaluate, resolve_suite, robustness_curve, with_amp
 from toughen.runs import load, read_config, record_evaluation
 from toughen.runtime import check_device, setup as setup_distributed, stream_seed
@@ -169,6 +173,75 @@ def certify_run(
     row = certificate_row(result)
     record_evaluation(run_dir, {"certify": method, **row})
     return {**row, "certified": result["certified"]}
+
+
+def radius_run(
+    run_dir: str | Path,
+    *,
+    eps: float | None = None,
+    norm: str | None = None,
+    eps_sweep: Sequence[float] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    steps: int = 100,
+    restarts: int = 1,
+    n_target_classes: int = 9,
+    refine: bool = True,
+    amp: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Per-example robust radii of an image run's model on the first ``n`` test examples (all by
+    default): :func:`toughen.evaluation.radius.robust_radii` (FAB, then FAB-T over
+    ``n_target_classes`` classes; with ``refine``, APGD-CE and APGD-T at eps and at each of
+    ``eps_sweep`` on the examples whose radius lies within 10% above it), recorded as one row of
+    RUN_DIR/evaluations.jsonl.
+
+    The row is an evaluation at ``eps`` (default: the run's) like any other (clean_accuracy,
+    robust_accuracy = the fraction of radii > eps, per_class_robust_accuracy, attack
+    ``radius:fab+fab-tK``), plus ``radius``: the median, the curve at every eps of a grid from 0 to
+    the largest radius found (with ``eps_sweep``'s values and eps added), the histogram and, for
+    up to a few thousand examples, every radius (null where none was found)."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    if cfg.get("kind") is not None:
+        raise ToughenUsageError(f"{run_dir} is a {cfg['kind']} run; --radius measures image models")
+    train_cfg = cfg["train"]
+    eps = eps if eps is not None else train_cfg["eps"]
+    norm = norm or train_cfg["norm"]
+    bounds = tuple(cfg["data_info"]["bounds"])
+    for e in [eps, *(eps_sweep or [])]:
+        threat.check_eps(e, norm, bounds)
+    if n is not None and n < 1:
+        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    dist, dev = setup_distributed(check_device(device))
+    if dist.enabled:
+        raise ToughenUsageError("--radius runs in one process; run toughen eval without torchrun")
+    model = load(run_dir, device=dev)
+    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
+                       options=train_cfg.get("data_options"))
+    x, y = splits.x_test[:n], splits.y_test[:n]
+    found = robust_radii(model, x, y, norm=norm, bounds=bounds, steps=steps, restarts=restarts,
+                         n_target_classes=n_target_classes, refine_at=[eps, *(eps_sweep or [])] if refine else [],
+                         amp=amp, progress=progress,
+                         generator=torch.Generator(device=dev).manual_seed(seed))
+    radius = found["radius"].cpu()
+    robust = radius > eps
+    names = cfg["data_info"]["class_names"]
+    label = "radius:fab" + (f"+fab-t{n_target_classes}" if n_target_classes else "")
+    result = {
+        "clean_accuracy": int(found["clean"].sum()) / len(x), "robust_accuracy": int(robust.sum()) / len(x),
+        "attack": label, "eps": eps, "norm": norm, "n": len(x), "seconds": found["seconds"],
+        "per_class_robust_accuracy": {names[c]: robust[y == c].float().mean().item()
+                                      for c in range(len(names)) if (y == c).any()},
+        "radius": {**radius_summary(radius, eps_grid=default_grid(radius, include=[eps, *(eps_sweep or [])])),
+                   "searches": found["searches"], "steps": steps, "restarts": restarts,
+                   "n_target_classes": n_target_classes, "refined_at": sorted({float(e) for e in [eps, *(eps_sweep or [])]})
+                   if refine else [], "seed": seed,
+                   **({"eps_sweep": sorted(float(e) for e in eps_sweep)} if eps_sweep else {})},
+    }
+    record_evaluation(run_dir, result)
+    return result
 
 
 def _one_attack(attack: str, steps: int, step_size: float | None, restarts: int, loss: str) -> Attack:

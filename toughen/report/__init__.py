@@ -156,6 +156,7 @@ def build_report(
     text_examples = [t for run in runs if run.is_text and (t := _text_examples(run, gallery_n))]
 
     bracket_rows, radius_lines = _certificates(runs)
+    robust_radii = [r for run in runs if (r := _robust_radius(run))]
     audits = [a for run in runs if (a := _audit(run))]
     summary_rows = [_summary_row(run) for run in runs]
     context = {
@@ -171,6 +172,7 @@ def build_report(
         "brackets": plots.brackets(bracket_rows) if bracket_rows else None,
         "bracket_rows": bracket_rows,
         "radius_curves": plots.certified_radius_curves(radius_lines) if radius_lines else None,
+        "robust_radii": robust_radii,
         "curves": curves,
         "per_class": _per_class(runs),
         "galleries": galleries,
@@ -206,6 +208,29 @@ def _certificates(runs: list[RunRecord]) -> tuple[list[dict[str, Any]], list[tup
         if smooth:
             lines.append((f"{run.name} (σ = {fmt_number(smooth[-1]['sigma'])})", smooth[-1]["curve"]))
     return rows, lines
+
+
+def _robust_radius(run: RunRecord) -> dict[str, Any] | None:
+    """The run's latest robust-radius row drawn (histogram and curve), with the run's per-eps attack
+    measurements in the same norm as markers on the curve."""
+    from toughen.report import plots
+
+    r = run.radius()
+    if r is None:
+        return None
+    measured: dict[str, list[tuple[float, float]]] = {}
+    for res in run.results():
+        if res.norm != r["norm"] or res.attack.startswith("radius"):
+            continue
+        label = res.attack + (" (end of training)" if res.kind == "train" else "")
+        points = measured.setdefault(label + (f", n={res.n}" if res.n != r["n"] else ""), [])
+        points += res.curve if res.curve else [(res.eps, res.robust_accuracy)]
+    norm = NORM_NAMES.get(r["norm"], r["norm"])
+    median = "none found for half the examples" if r["median"] is None else fmt_number(r["median"])
+    return {"name": run.name, "label": run.label(), "attack": r["attack"], "n": r["n"], "norm": norm,
+            "median": median, "img": plots.robust_radius(r["edges"], r["counts"], r["curve"], norm=norm, zero=r["zero"],
+                                                         none_found=r["none_found"],
+                                                         measured=[(k, sorted(set(v))) for k, v in measured.items()])}
 
 
 def _text_examples(run: RunRecord, n: int) -> dict[str, Any] | None:

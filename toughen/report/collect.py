@@ -174,6 +174,25 @@ class RunRecord:
                           "curve": curve})
         return found
 
+    def radius(self) -> dict[str, Any] | None:
+        """The latest per-example robust radius measurement (`toughen eval --radius`): attack,
+        norm, n, clean accuracy, median, the curve [(eps, robust accuracy)] and the histogram."""
+        for row in reversed(self.evaluations):
+            r = row.get("radius")
+            if not isinstance(r, dict):
+                continue
+            curve = [(float(e), acc) for e, acc in _pairs(r.get("curve"), ("eps",)) if isinstance(e, (int, float))]
+            hist = r.get("histogram") if isinstance(r.get("histogram"), dict) else {}
+            edges, counts = hist.get("edges"), hist.get("counts")
+            if not curve or not isinstance(edges, list) or not isinstance(counts, list) \
+                    or len(edges) != len(counts) + 1:
+                continue
+            return {"attack": str(row.get("attack", "radius")), "norm": str(row.get("norm", self.norm)),
+                    "n": row.get("n"), "clean": _number(row.get("clean_accuracy")), "median": _number(r.get("median")),
+                    "curve": sorted(curve), "edges": [float(e) for e in edges], "counts": [int(c) for c in counts],
+                    "zero": int(hist.get("zero") or 0), "none_found": int(hist.get("none_found") or 0)}
+        return None
+
     def results_at_training_eps(self) -> list[Result]:
         if self.eps is None:
             return []

@@ -129,6 +129,20 @@ certification (ibp, crown_ibp) are rarely certified.</p>
 </section>
 {% endif %}
 
+{% if robust_radii %}
+<section id="radius">
+<h2>Robust radius per example</h2>
+{% for r in robust_radii %}
+<h3>{{ r.name }} <span class="small">{{ r.label }}; {{ r.attack }}, n={{ r.n }}; median radius {{ r.median }} ({{ r.norm }})</span></h3>
+<img src="{{ r.img }}" alt="histogram of robust radii and the robustness curve of {{ r.name }}">
+{% endfor %}
+<p class="note">Per example, the smallest adversarial perturbation the search found (<code>toughen eval RUN_DIR --radius</code>):
+an upper bound on the example's true robust radius, since an attack can miss a closer point. Robust accuracy at ε is the
+fraction of examples whose radius exceeds ε, so one search gives the whole curve; like any attack's it is an upper
+bound on the true robust accuracy. Markers: the run's per-ε attack measurements in the same norm.</p>
+</section>
+{% endif %}
+
 {% if curves %}
 <section id="training">
 <h2>Training curves</h2>

@@ -199,3 +199,35 @@ def certified_radius_curves(lines: list[tuple[str, list[tuple[float, float]]]]) 
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return png_uri(fig)
+
+
+def robust_radius(edges: Sequence[float], counts: Sequence[int], curve: list[tuple[float, float]], *, norm: str,
+                  zero: int = 0, none_found: int = 0, measured: Sequence[tuple[str, list[tuple[float, float]]]] = ()
+                  ) -> str:
+    """Per-example robust radii: their histogram (left) and the robustness curve they give (right:
+    robust accuracy at eps = fraction of radii > eps), with per-eps attack measurements of the
+    same run as markers, for comparison."""
+    fig = Figure(figsize=(7.5, 2.8))
+    ax_h, ax_c = fig.subplots(1, 2)
+    widths = np.diff(edges)
+    ax_h.bar(edges[:-1], counts, width=widths, align="edge", color=COLORS[0], edgecolor="white", linewidth=0.5)
+    ax_h.set_xlabel(f"robust radius ({norm})")
+    ax_h.set_ylabel("examples")
+    apart = [f"{zero} misclassified (radius 0)"] if zero else []
+    apart += [f"{none_found} with none found" if none_found else "an adversarial input found for every example"]
+    ax_h.set_title("; ".join(apart), fontsize=8)
+    eps, acc = zip(*curve)
+    ax_c.plot(eps, [100 * a for a in acc], color=COLORS[0], lw=1.8, label="from the radii")
+    markers = ["o", "s", "^", "D", "v"]
+    for i, (label, points) in enumerate(measured):
+        e, a = zip(*points)
+        ax_c.plot(e, [100 * v for v in a], ls="none", marker=markers[i % len(markers)], ms=5,
+                  color=COLORS[(i + 1) % len(COLORS)], label=label)
+    ax_c.set_xlabel(f"ε ({norm})")
+    ax_c.set_ylabel("robust accuracy (%)")
+    ax_c.set_ylim(-2, 102)
+    for ax in (ax_h, ax_c):
+        ax.grid(alpha=0.3)
+    ax_c.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return png_uri(fig)
