@@ -99,7 +99,7 @@ def test_interrupted_evaluation_resumes_from_its_state_file(robust_model, test_b
 
 def test_bad_suites_are_refused(robust_model, test_batch):
     x, y = test_batch
-    with pytest.raises(ToughenUsageError, match="quick, standard, thorough"):
+    with pytest.raises(ToughenUsageError, match="quick, rand, standard, thorough"):
         toughen.evaluate(robust_model, x, y, suite="strong", eps=0.1)
     with pytest.raises(ToughenUsageError, match="non-empty list"):
         toughen.evaluate(robust_model, x, y, suite=[], eps=0.1)

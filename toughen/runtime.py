@@ -114,7 +114,7 @@ class Dist:
         weighted by shard size, ``n`` summed, ``seconds`` the slowest rank's."""
         if not self.enabled:
             return local
-        parts = self.gather({k: v for k, v in local.items() if k not in ("robust", "per_attack")})
+        parts = self.gather({k: v for k, v in local.items() if k not in ("robust", "expected", "per_attack")})
         total = sum(p["n"] for p in parts)
         merged = dict(parts[0])
         merged["n"] = total
@@ -125,6 +125,10 @@ class Dist:
         robust = self.unshard(local["robust"])
         merged["robust"] = robust
         merged["robust_accuracy"] = robust.float().mean().item()
+        if "expected" in local:  # a randomized model judged over draws: the per-example fractions too
+            merged["expected"] = self.unshard(local["expected"])
+            merged["expected_robust_accuracy"] = merged["expected"].mean().item()
+            merged["expected_clean_accuracy"] = sum(p["expected_clean_accuracy"] * p["n"] for p in parts) / total
         return merged
 
     def merge_rows(self, rows: list[dict[str, Any]], n_local: int) -> list[dict[str, Any]]:
@@ -139,6 +143,8 @@ class Dist:
         for i, row in enumerate(parts[0][0]):
             out = dict(row)
             out["robust_accuracy"] = sum(r[i]["robust_accuracy"] * n for r, n in parts) / total
+            if "expected_robust_accuracy" in row:
+                out["expected_robust_accuracy"] = sum(r[i]["expected_robust_accuracy"] * n for r, n in parts) / total
             if "seconds" in row:
                 out["seconds"] = max(r[i]["seconds"] for r, _ in parts)
             merged.append(out)

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from toughen import threat
+from toughen.attacks.eot import check_eot, eot_grad, eot_logits, eot_value
 from toughen.attacks.losses import loss_value
 from toughen.attacks.pgd import _check_inputs, _settle
 from toughen.errors import ToughenUsageError
-from toughen.logits import logits_of
-from toughen.precision import autocast_for, confirm_fooled
+from toughen.precision import confirm_fooled
 
 APGD_LOSSES = ("ce", "dlr")  # the two of AutoAttack
 
@@ -41,10 +41,14 @@ def checkpoints(steps: int) -> list[int]:
     return [w for w in marks if w > 0]
 
 
-def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss, bounds, generator, amp):
+def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss, bounds, generator, amp, eot):
     """One APGD run on a batch. Returns (x_out, fooled): per example the first input that fooled
     the model, else the input of highest loss. Fooled examples leave the batch at once: their
-    answer is fixed and attacking them further only costs time."""
+    answer is fixed and attacking them further only costs time.
+
+    Under EOT (``eot`` > 1) losses and gradients are averages over the passes, an input fools only
+    if it does in every pass, and an example not fooled returns the input that fooled the most
+    passes (then of highest loss), or the input of highest loss if none fooled any."""
     n = len(x)
     shape = (-1,) + (1,) * (x.dim() - 1)
     out, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -59,25 +63,27 @@ def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss, bounds, gener
     delta = threat.clamp_to_bounds(x, eps * t, bounds)
 
     def value_and_grad(xs, ys, ts, d):
-        d = d.detach().requires_grad_(True)
-        with torch.enable_grad(), autocast_for(xs, amp):
-            logits = logits_of(model, xs + d)
-            value = loss_value(loss, logits, ys, ts)
-            (g,) = torch.autograd.grad(value.sum(), d)
-        wrong = logits.detach().argmax(1) != ys
+        # EOT (eot > 1): the loss that steers the step size and the best point, and its gradient,
+        # are averages over the passes; hits is the fraction of passes wrong, "wrong" all of them.
+        value, g, hits = eot_grad(model, xs, d, lambda lg: loss_value(loss, lg, ys, ts), lambda lg: lg.argmax(1) != ys,
+                                  eot=eot, amp=amp)
+        wrong = hits == 1
         if amp is not None:  # fooled only if fooled in full precision too
             wrong = confirm_fooled(model, (xs + d).detach(), ys, None, wrong)
-        return value.detach(), g, wrong
+            hits = torch.where(wrong, hits, hits.clamp(max=1 - 1 / eot))
+        return value, g, wrong, hits
 
     marks = set(checkpoints(steps))
     s = {  # per-example state, compacted together as examples get fooled
         "idx": torch.arange(n, device=x.device), "x": x, "y": y, "t": target, "delta": delta,
         "prev": delta.clone(), "eta": torch.full((n,), 2 * eps, device=x.device, dtype=x.dtype),
     }
-    value, grad, wrong = value_and_grad(x, y, target, delta)
+    value, grad, wrong, hits = value_and_grad(x, y, target, delta)
     s.update(grad=grad, value=value, best=value.clone(), best_delta=delta.clone(), best_grad=grad.clone(),
              best_at_check=value.clone(), halved_at_check=torch.ones(n, dtype=torch.bool, device=x.device),
              n_up=torch.zeros(n, device=x.device))
+    if eot > 1:  # the input that fooled the most passes so far, then the highest loss
+        s.update(most=hits, most_value=value.clone(), most_delta=delta.clone())
     last_mark = 0
     for i in range(1, steps):
         if wrong.any():  # record the fooling inputs and drop those examples
@@ -96,13 +102,17 @@ def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss, bounds, gener
         new = d + a * (z - d) + (1 - a) * (d - s["prev"])
         new = threat.clamp_to_bounds(xs, threat.project(new, eps, norm), bounds)
         s["prev"] = d
-        value, grad, wrong = value_and_grad(xs, s["y"], s["t"], new)
+        value, grad, wrong, hits = value_and_grad(xs, s["y"], s["t"], new)
         s["n_up"] += (value > s["value"]).float()
         s["delta"], s["value"], s["grad"] = new, value, grad
         better = value > s["best"]
         s["best"] = torch.where(better, value, s["best"])
         s["best_delta"][better] = new[better]
         s["best_grad"][better] = grad[better]
+        if eot > 1:
+            more = (hits > s["most"]) | ((hits == s["most"]) & (value > s["most_value"]))
+            s["most"], s["most_value"] = torch.where(more, hits, s["most"]), torch.where(more, value, s["most_value"])
+            s["most_delta"][more] = new[more]
 
         if i in marks:
             span = i - last_mark
@@ -121,7 +131,8 @@ def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss, bounds, gener
         out[s["idx"][wrong]] = (s["x"] + s["delta"])[wrong]
         fooled[s["idx"][wrong]] = True
     rest = ~wrong
-    out[s["idx"][rest]] = (s["x"] + s["best_delta"])[rest]
+    best = s["best_delta"] if eot == 1 else torch.where((s["most"] > 0).view(shape), s["most_delta"], s["best_delta"])
+    out[s["idx"][rest]] = (s["x"] + best)[rest]
     return out, fooled
 
 
@@ -139,6 +150,7 @@ def apgd(
     rho: float = 0.75,
     bounds: threat.Bounds = (0.0, 1.0),
     amp: str | None = None,
+    eot: int = 1,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """APGD (Croce and Hein 2020), untargeted or targeted at the top-k other classes.
@@ -159,6 +171,10 @@ def apgd(
         amp: "bf16", "fp16" or "auto" (the faster of fp32 and bf16 here, measured): forward and backward passes under autocast (about 2x faster where
             supported); an example counts as fooled only after a check in full precision
             (toughen.precision.confirm_fooled), so robust accuracy is never understated by rounding.
+        eot: for a randomized model, expectation over transformation (:mod:`toughen.attacks.eot`):
+            the gradient, and the loss value behind the step-size decisions and the best point, are
+            averaged over ``eot`` forward/backward passes; an example counts as fooled only if it is
+            in every pass. AutoAttack's ``rand`` version runs APGD-CE and APGD-DLR with 20.
         generator: randomness for the random starts; the global generator when None.
 
     Returns:
@@ -178,11 +194,13 @@ def apgd(
     if n_target_classes < 0:
         raise ToughenUsageError(f"n_target_classes must be >= 0, got {n_target_classes}")
     amp = _settle(model, x, y, restarts=restarts, loss=loss, losses=APGD_LOSSES, attack="APGD", amp=amp)
+    eot = check_eot(eot)
     x = x.detach()
     out = x.clone()
-    with torch.no_grad():
-        logits = logits_of(model, x)
-    fooled = logits.argmax(1) != y  # already wrong: the clean input is its own adversarial example
+    draws = eot_logits(model, x, eot=eot)
+    logits = draws[0] if eot == 1 else torch.stack(draws).float().mean(0)
+    # already wrong (in every pass): the clean input is its own adversarial example
+    fooled = torch.stack([d.argmax(1) != y for d in draws]).all(0)
     if n_target_classes:
         ranked = logits.float().scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
         n_target_classes = min(n_target_classes, logits.shape[1] - 1)
@@ -190,6 +208,7 @@ def apgd(
     else:
         targets = [None]
     best_value = torch.full((len(x),), float("-inf"), device=x.device)
+    best_hits = torch.zeros(len(x), device=x.device)  # under EOT: the fraction of passes that out fools
     for t_all in targets:
         for _ in range(restarts):
             todo = (~fooled).nonzero().squeeze(1)
@@ -197,11 +216,17 @@ def apgd(
                 return out
             t = t_all[todo] if t_all is not None else None
             x_run, f_run = _apgd_run(model, x[todo], y[todo], t, eps=eps, norm=norm, steps=int(steps), rho=rho,
-                                     loss=loss, bounds=bounds, generator=generator, amp=amp)
-            # Among runs that did not fool, keep the input of highest untargeted loss.
-            with torch.no_grad():
-                v = loss_value(loss, logits_of(model, x_run), y[todo], None).float()
-            take = f_run | (v > best_value[todo])
+                                     loss=loss, bounds=bounds, generator=generator, amp=amp, eot=eot)
+            # Among runs that did not fool, keep the input of highest untargeted loss (under EOT:
+            # that fools the most passes, then of highest loss).
+            v, h = eot_value(model, x_run, lambda lg: loss_value(loss, lg, y[todo], None),
+                             (lambda lg: lg.argmax(1) != y[todo]) if eot > 1 else None, eot=eot, amp=None)
+            v = v.float()
+            if eot == 1:
+                take = f_run | (v > best_value[todo])
+            else:
+                take = f_run | (h > best_hits[todo]) | ((h == best_hits[todo]) & (v > best_value[todo]))
+                best_hits[todo[take]] = h[take]
             best_value[todo[take]] = v[take]
             out[todo[take]] = x_run[take]
             fooled[todo[f_run]] = True

@@ -6,28 +6,32 @@ import torch
 from torch import nn
 
 from toughen import threat
+from toughen.attacks.eot import check_eot, eot_grad, eot_value
 from toughen.attacks.losses import LOSSES, check_loss, is_successful, objective
 from toughen.errors import ToughenUsageError, check_number
-from toughen.logits import logits_of
-from toughen.precision import autocast_for, check_amp, confirm_fooled, resolve_amp
+from toughen.precision import check_amp, confirm_fooled, resolve_amp
 
 
 class _WorstCase:
-    """Per example, the worst input seen so far: successful beats unsuccessful, then higher loss."""
+    """Per example, the worst input seen so far: successful beats unsuccessful, then higher loss.
+    Under EOT "successful" is graded: more of the passes fooled beats fewer (``hits``, the fraction
+    of them; 0 or 1 for one pass), and only all of them is a success."""
 
     def __init__(self, x: torch.Tensor):
         self.x = x.detach().clone()
         self.success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        self.hits = torch.zeros(len(x), device=x.device)
         self.value = torch.full((len(x),), float("-inf"), device=x.device)
 
-    def update(self, idx: torch.Tensor, x_new: torch.Tensor, success: torch.Tensor, value: torch.Tensor) -> None:
+    def update(self, idx: torch.Tensor, x_new: torch.Tensor, hits: torch.Tensor, value: torch.Tensor) -> None:
         """Offer candidates ``x_new`` for the examples ``idx``; keep each one that is worse."""
         value = value.detach().float()
-        old_success, old_value = self.success[idx], self.value[idx]
-        better = (success & ~old_success) | ((success == old_success) & (value > old_value))
+        old_hits, old_value = self.hits[idx], self.value[idx]
+        better = (hits > old_hits) | ((hits == old_hits) & (value > old_value))
         chosen = idx[better]
         self.x[chosen] = x_new.detach()[better]
-        self.success[chosen] = success[better]
+        self.hits[chosen] = hits[better]
+        self.success[chosen] = hits[better] == 1
         self.value[chosen] = value[better]
 
 
@@ -58,20 +62,24 @@ def _settle(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, restarts: int
 
 
 def _offer(worst: _WorstCase, model: nn.Module, idx: torch.Tensor, x_new: torch.Tensor, y: torch.Tensor,
-           target: torch.Tensor | None, logits: torch.Tensor, value: torch.Tensor, amp: str | None) -> torch.Tensor:
-    """Offer the iterate ``x_new`` (rows ``idx`` of the batch) to ``worst``; return who it fools.
+           target: torch.Tensor | None, hits: torch.Tensor, value: torch.Tensor, amp: str | None,
+           eot: int = 1) -> torch.Tensor:
+    """Offer the iterate ``x_new`` (rows ``idx`` of the batch) to ``worst``, with the fraction of
+    its ``eot`` passes that it fooled (``hits``); return who it fools (in all of them).
 
     Under amp, low-precision logits can be wrong near the decision boundary, so a fooling input
     only counts after a full-precision check. To keep that check cheap it runs only for examples
     not yet fooled: an example already fooled keeps its confirmed input.
     """
-    success = is_successful(logits, y, target)
+    success = hits == 1
     if amp is None:
-        worst.update(idx, x_new, success, value)
+        worst.update(idx, x_new, hits, value)
         return success
     open_ = ~worst.success[idx]
     success = confirm_fooled(model, x_new, y, target, success & open_)
-    worst.update(idx[open_], x_new[open_], success[open_], value[open_])
+    # a success the check refuses counts as one pass short of all (none, for one pass)
+    hits = torch.where(success, torch.ones_like(hits), hits.clamp(max=1 - 1 / eot))
+    worst.update(idx[open_], x_new[open_], hits[open_], value[open_])
     return success
 
 
@@ -92,6 +100,7 @@ def pgd(
     keep_best: bool = True,
     early_stop: bool = False,
     amp: str | None = None,
+    eot: int = 1,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Projected gradient ascent on the loss inside an eps-ball (Madry et al. 2018,
@@ -127,6 +136,11 @@ def pgd(
             an example is only counted as fooled (for early_stop and the final choice) after a
             check in full precision. Once confirmed, its fooling input is kept (not replaced by
             later, higher-loss iterates), so the check runs once per example, not every step.
+        eot: for a randomized model, expectation over transformation (:mod:`toughen.attacks.eot`):
+            each step's gradient, and the loss that picks the worst iterate, are averaged over
+            ``eot`` forward/backward passes; an iterate fools an example only if it does in every
+            pass, and of the others the one that fools the most passes (then the highest mean loss)
+            is kept. 1 (default) is one plain pass.
         generator: the source of randomness for the random start; the global one when None.
 
     Returns:
@@ -140,6 +154,7 @@ def pgd(
     if steps < 0 or int(steps) != steps:
         raise ToughenUsageError(f"steps must be a whole number >= 0, got {steps}")
     amp = _settle(model, x, y, restarts=restarts, loss=loss, losses=LOSSES, attack="PGD", amp=amp)
+    eot = check_eot(eot)
     if step_size is None:
         step_size = threat.default_step_size(eps, steps)
     check_number("step_size", step_size, low=0)
@@ -161,17 +176,14 @@ def pgd(
         else:
             delta = torch.zeros_like(xs)
         for _ in range(steps):
-            delta.requires_grad_(True)
-            with torch.enable_grad(), autocast_for(x, amp):
-                logits = logits_of(model, xs + delta)
-                value = value_of(logits)
-                # Gradient with respect to delta only: nothing accumulates on the parameters.
-                (grad,) = torch.autograd.grad(value.sum(), delta)
+            # Gradient with respect to delta only (averaged over eot passes): nothing accumulates on the parameters.
+            value, grad, hits = eot_grad(model, xs, delta, value_of, lambda lg: is_successful(lg, ys, ts), eot=eot,
+                                         amp=amp)
             if track:
-                success = _offer(worst, model, idx, xs + delta, ys, ts, logits, value, amp)
+                success = _offer(worst, model, idx, xs + delta, ys, ts, hits, value, amp, eot)
             else:
-                success = is_successful(logits, ys, ts)
-            delta = threat.step(xs, delta.detach(), grad, step_size, eps, norm, bounds)
+                success = hits == 1
+            delta = threat.step(xs, delta, grad, step_size, eps, norm, bounds)
             if early_stop and success.any():
                 keep = ~success
                 idx, xs, ys, delta = idx[keep], xs[keep], ys[keep], delta[keep]
@@ -191,10 +203,9 @@ def pgd(
         if open_.any():
             x_last, y_last = (xs + delta)[open_], ys[open_]
             t_last = ts[open_] if ts is not None else None
-            with torch.no_grad(), autocast_for(x, amp):
-                logits = logits_of(model, x_last)
-                value = objective(loss, y_last, t_last)(logits)
-            _offer(worst, model, idx[open_], x_last, y_last, t_last, logits, value, amp)
+            value, hits = eot_value(model, x_last, objective(loss, y_last, t_last),
+                                    lambda lg: is_successful(lg, y_last, t_last), eot=eot, amp=amp)
+            _offer(worst, model, idx[open_], x_last, y_last, t_last, hits, value, amp, eot)
     return worst.x
 
 
@@ -208,6 +219,7 @@ def fgsm(
     loss: str = "ce",
     target: torch.Tensor | None = None,
     bounds: threat.Bounds = (0.0, 1.0),
+    eot: int = 1,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The fast gradient sign method (Goodfellow et al. 2015, "Explaining and Harnessing
@@ -215,10 +227,11 @@ def fgsm(
     step of length eps along the normalized gradient), clamped to the bounds.
 
     Of the clean and the stepped input, the worse for the model is returned, so FGSM never
-    lowers the loss. ``generator`` is accepted for a uniform attack signature; FGSM is
-    deterministic.
+    lowers the loss. ``eot`` averages the gradient (and the loss that compares the two) over that
+    many passes of a randomized model, as in :func:`pgd`. ``generator`` is accepted for a uniform
+    attack signature; FGSM is deterministic.
     """
     return pgd(
         model, x, y, eps=eps, norm=norm, steps=1, step_size=eps, random_start=False,
-        loss=loss, target=target, bounds=bounds, generator=generator,
+        loss=loss, target=target, bounds=bounds, eot=eot, generator=generator,
     )

@@ -28,8 +28,10 @@ def eval_(
     device: str = typer.Option("cpu"),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object, nothing else."),
     budget: Optional[int] = typer.Option(None, help="Text runs: edits per text for the discrete attacks."),
-    suite: Optional[str] = typer.Option(None, help="Worst case over an attack suite: quick, standard or thorough "
-                                        "(see docs/evaluation.md). Replaces --attack."),
+    suite: Optional[str] = typer.Option(None, help="Worst case over an attack suite: quick, standard, thorough or "
+                                        "rand (randomized models: EOT, each point judged over 10 draws; standard "
+                                        "switches to it for a model whose forward passes differ). See "
+                                        "docs/evaluation.md. Replaces --attack."),
     eps_sweep: Optional[str] = typer.Option(None, help="Also a robustness curve: comma-separated eps values, "
                                             "e.g. 0.1,0.2,0.3 or 2/255,4/255,8/255."),
     certify: Optional[str] = typer.Option(None, help="Also certify the same examples (ibp, crown, or smoothing "
@@ -99,6 +101,13 @@ def eval_(
             out.print(f"eps {row['eps']:.4g}: robust accuracy {100 * row['robust_accuracy']:.1f}%")
     else:
         print_rows(str(run_dir), [{k: v for k, v in result.items() if k not in ("bracket", "certified")}])
+    if "suite_reason" in result:
+        out.print(f"suite rand, not standard: {result['suite_reason']}", highlight=False)
+    if "expected_robust_accuracy" in result:
+        out.print(f"over {result['draws']} draws per point: accuracy counts an example only if every draw is right "
+                  f"(worst of {result['draws']}); the expected accuracy (mean over draws) is "
+                  f"{100 * result['expected_clean_accuracy']:.1f}% clean, "
+                  f"{100 * result['expected_robust_accuracy']:.1f}% robust", highlight=False)
     if "bracket" in result:
         b = result["bracket"]
         out.print(f"certified {100 * b['certified_accuracy']:.1f}% <= true robust accuracy <= "

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from toughen.evaluation.cascade import cascade, model_device, shared
+from toughen.evaluation.cascade import cascade, model_device, right_in_draws, shared
 from toughen.logits import logits_of
 
 
@@ -22,6 +22,16 @@ def clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
     out = [logits_of(model, x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size].cpu()
            for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def clean_right(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
+                draws: int = 10) -> torch.Tensor:
+    """Per example (a CPU float), the fraction of ``draws`` forward passes of a randomized model
+    that classify the clean input correctly (:func:`toughen.evaluation.cascade.right_in_draws`)."""
+    device = model_device(model)
+    out = [right_in_draws(model, x[i:i + batch_size].to(device), y[i:i + batch_size].to(device), draws)
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def attack_correct(

@@ -55,7 +55,8 @@ def output_checks(out1: torch.Tensor, out2: torch.Tensor) -> list[dict[str, Any]
             "deterministic", not randomized,
             f"two forward passes on the same inputs differ by up to {spread:.3g}"
             + (": the model is randomized; its robustness must be measured with expectation over "
-               "transformation (average the gradient over many draws), not with plain attacks" if randomized
+               "transformation (average the gradient over many draws), not with plain attacks: the rand suite "
+               "(toughen eval --suite rand)" if randomized
                else " (identical)"),
             max_difference=spread,
         ),
@@ -66,6 +67,14 @@ def output_checks(out1: torch.Tensor, out2: torch.Tensor) -> list[dict[str, Any]
             f"outputs are unnormalized (row sums from {rows_sum.min().item():.3g} to {rows_sum.max().item():.3g})",
         ),
     ]
+
+
+def deterministic_check(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """The audit's ``deterministic`` check alone: two forward passes of ``x`` (a small batch is
+    enough), ``status`` "suspicious" when they differ (a randomized model). `toughen eval --suite
+    standard` runs it to switch a randomized model to the ``rand`` suite."""
+    with torch.no_grad():
+        return output_checks(logits_of(model, x), logits_of(model, x))[0]
 
 
 def verdict_of(checks: list[dict[str, Any]]) -> str:
@@ -217,7 +226,7 @@ def audit(
             "seconds": time.perf_counter() - start}
 
 
-__all__ = ["audit", "output_checks"]
+__all__ = ["audit", "deterministic_check", "output_checks"]
 
 
 # ----------------------------------------------------------------------------- loading what to audit

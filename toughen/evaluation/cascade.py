@@ -10,6 +10,11 @@ in how they seed the attacks and batch the examples, which they pass in.
     robust = clean_correct(model, x, y)
     cascade(model, x, y, [Attack("fgsm"), Attack("pgd")], eps=0.1, robust=robust,
             generators=per_batch(seed=0, device=model_device(model)))
+
+For a randomized model one forward pass is one draw of a random verdict, so ``draws=k`` judges
+each attack's point by k independent passes: the example stays robust only if all k classify it
+correctly (worst of k), and ``expected`` keeps per example the fraction of passes that did at the
+point that decided it (see :func:`right_in_draws`).
 """
 
 from __future__ import annotations
@@ -69,6 +74,17 @@ def model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+@torch.no_grad()
+def right_in_draws(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+    """Per example (a CPU float), the fraction of ``draws`` independent forward passes at ``x``
+    that classify it as ``y``: 1 or 0 for a deterministic model, anything between for a
+    randomized one."""
+    right = torch.zeros(len(x))
+    for _ in range(draws):
+        right += (logits_of(model, x).argmax(1) == y).cpu().float()
+    return right / draws
+
+
 def _batches(todo: torch.Tensor, batch_size: int, pack: bool) -> list[torch.Tensor]:
     """The indices of ``todo``'s examples in batches: packed into full batches, or (pack=False) those
     of each slice [k * batch_size, (k + 1) * batch_size) of all the examples, possibly none."""
@@ -96,6 +112,8 @@ def cascade(
     on_attack: Callable[[int], None] | None = None,
     progress: bool = False,
     labels: Sequence[str] | None = None,
+    draws: int = 1,
+    expected: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``attacks`` in order on the examples of (x, y) still ``robust``, flipping to False each
     one an attack fools; ``robust`` (a CPU bool mask, usually the clean-correct one) is updated in
@@ -112,6 +130,10 @@ def cascade(
         on_batch, on_attack: called after each batch (with a :class:`Batch`) and after each
             attack (with its index), when ``robust`` shows it: to record progress or results.
         labels: the progress bars' names, one per attack (default: each attack's ``label``).
+        draws: forward passes that judge each attack's point: 1 for a deterministic model; for a
+            randomized one k > 1, and an example stays robust only if all k classify it correctly.
+        expected: with ``draws`` > 1, a CPU float per example (the fraction of draws right at the
+            clean input, usually), lowered in place to the fraction right at each attacked point.
     """
     device = model_device(model)
     for a_i, attack in enumerate(attacks):
@@ -129,8 +151,14 @@ def cascade(
             xb, yb = x[idx].to(device), y[idx].to(device)
             gen = generators(a_i, b_i) if generators is not None else None
             x_adv = attack(model, xb, yb, eps=eps, norm=norm, bounds=bounds, generator=gen)
-            with torch.no_grad():
-                still = (logits_of(model, x_adv).argmax(1) == yb).cpu()
+            if draws == 1:
+                with torch.no_grad():
+                    still = (logits_of(model, x_adv).argmax(1) == yb).cpu()
+            else:
+                right = right_in_draws(model, x_adv, yb, draws)
+                still = right == 1
+                if expected is not None:
+                    expected[idx] = torch.minimum(expected[idx], right)
             robust[idx] &= still  # an attack can only flip examples to not robust
             if on_batch is not None:
                 on_batch(Batch(a_i, b_i, todo, time.perf_counter() - t0))

@@ -8,6 +8,7 @@ and the precision chosen. Its JSON keys::
     key           a fingerprint of the model, data and settings (a file with another is ignored)
     per_attack    the result rows of the attacks done
     robust        the robust mask so far, as a string of 0 and 1
+    expected      with draws > 1 (a randomized model): per example the fraction of draws right so far
     precision     the precision the evaluation chose (a resumed run goes on as it started)
     attack, todo, batches_done, seconds
                   only inside an attack: its index, the mask it started from, how many of its
@@ -68,6 +69,11 @@ class State:
 
     def robust(self, clean: torch.Tensor) -> torch.Tensor:
         return unpack(self.data["robust"]) if "robust" in self.data else clean.clone()
+
+    def expected(self, right: torch.Tensor) -> torch.Tensor:
+        """The fraction of draws right per example so far (randomized models): ``right`` (at the
+        clean input) unless resuming."""
+        return torch.tensor(self.data["expected"]) if "expected" in self.data else right.clone()
 
     def precision(self) -> Precision | None:
         return Precision.from_dict(self.data["precision"]) if "precision" in self.data else None

@@ -21,13 +21,15 @@ from toughen.attacks import Attack, get_attack
 from toughen.data import load_data
 from toughen.errors import ToughenUsageError, check_number
 from toughen.evaluation.attack_eval import evaluate_attack
+from toughen.evaluation.audit import deterministic_check
 from toughen.evaluation.certified import bracket, certificate_row, run_certification
 from toughen.evaluation.radius import default_grid, radius_summary, robust_radii
-from toughen.evaluation.suite import evaluate, resolve_suite, robustness_curve, with_amp
+from toughen.evaluation.suite import evaluate, resolve_suite, robustness_curve, suite_draws, with_amp
 from toughen.runs import load, read_config, record_evaluation
 from toughen.runtime import check_device, setup as setup_distributed, stream_seed
 
 STATE_FILE = "eval_state.json"  # in the run directory while a suite evaluation is under way
+RANDOMNESS_CHECK_N = 32  # examples of the one determinism check before a standard suite
 
 
 def evaluate_run(
@@ -56,10 +58,12 @@ def evaluate_run(
 
     One attack: ``attack`` (default pgd, with ``steps``, ``step_size``, ``restarts`` and ``loss``;
     early-stopped, which leaves robust accuracy unchanged and skips examples already fooled); or the
-    worst case over an attack ``suite`` (quick, standard, thorough; resumable through
-    RUN_DIR/eval_state.json). ``eps_sweep`` adds a robustness curve at those radii, with the suite, or
-    with the one attack as a one-attack suite. ``amp`` is the precision of the attack passes (None:
-    fp32; "auto" chooses by timing).
+    worst case over an attack ``suite`` (quick, standard, thorough, rand; resumable through
+    RUN_DIR/eval_state.json). A model whose two forward passes of the same inputs differ (the
+    audit's ``deterministic`` check, on a few examples) is evaluated with ``rand`` when ``standard``
+    is asked for: the result then says so in ``suite_reason``. ``eps_sweep`` adds a robustness
+    curve at those radii, with the suite, or with the one attack as a one-attack suite. ``amp`` is
+    the precision of the attack passes (None: fp32; "auto" chooses by timing).
 
     The result has clean_accuracy, robust_accuracy, attack, eps, norm, n, seconds and
     per_class_robust_accuracy; a suite or an eps_sweep adds suite, per_attack, amp and precision,
@@ -105,6 +109,15 @@ def evaluate_run(
     splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
                        options=train_cfg.get("data_options"))
     x, y = splits.x_test[:n], splits.y_test[:n]
+    suite_reason = None
+    if suite == "standard":  # a randomized model gets the suite made for it (EOT, judged over draws)
+        check = deterministic_check(model, x[:RANDOMNESS_CHECK_N].to(dev))
+        if check["status"] != "pass":
+            name, attacks = resolve_suite("rand")
+            suite_reason = (f"the model is randomized (two forward passes of the same "
+                            f"{min(len(x), RANDOMNESS_CHECK_N)} inputs differ by up to {check['max_difference']:.3g}): "
+                            "the rand suite attacks it with expectation over transformation instead of standard")
+    draws = suite_draws(name)
     xs, ys, rank_seed = dist.shard(x), dist.shard(y), stream_seed(seed, dist.rank)
     progress = progress and dist.is_main
     if one:
@@ -112,21 +125,25 @@ def evaluate_run(
                                  progress=progress)
     else:
         result = evaluate(model, xs, ys, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=rank_seed,
-                          progress=progress, state_file=None if dist.enabled else run_dir / STATE_FILE, amp=amp)
+                          progress=progress, state_file=None if dist.enabled else run_dir / STATE_FILE, amp=amp,
+                          draws=draws)
     result = dist.merge_evaluation(result)
     robust = result.pop("robust")
+    result.pop("expected", None)
     if not one:
         result["suite"] = name
         result["attack"] = f"suite:{name}" if suite is not None else attacks[0].label
+    if suite_reason is not None:
+        result["suite_reason"] = suite_reason
     names = cfg["data_info"]["class_names"]
     result["per_class_robust_accuracy"] = {
         names[c]: robust[y == c].float().mean().item() for c in range(len(names)) if (y == c).any()
     }
     if eps_sweep:
         rows = robustness_curve(model, xs, ys, eps_sweep, suite=attacks, norm=norm, bounds=bounds, seed=rank_seed,
-                                progress=progress, amp=amp)
-        result["curve"] = [{"eps": row["eps"], "robust_accuracy": row["robust_accuracy"], "seconds": row["seconds"]}
-                           for row in dist.merge_rows(rows, len(xs))]
+                                progress=progress, amp=amp, draws=draws)
+        result["curve"] = [{k: row[k] for k in ("eps", "robust_accuracy", "expected_robust_accuracy", "seconds")
+                            if k in row} for row in dist.merge_rows(rows, len(xs))]
     if certify is not None:
         cert = run_certification(model, x.to(dev), y.to(dev), eps=eps, norm=norm, method=certify, bounds=bounds,
                                  options=certify_options or {}, progress=progress)

@@ -15,6 +15,11 @@ Named suites:
               rarely changes the result when APGD-T has run).
     thorough  APGD-CE and APGD-DLR with 5 restarts, APGD-T, Square at 10,000 queries with
               2 restarts.
+    rand      for randomized models: APGD-CE and APGD-DLR with expectation over transformation
+              (the gradient averaged over 20 passes), 100 steps and 1 restart each, AutoAttack's
+              "rand" version. Each attack's point is judged by 10 independent passes (DRAWS): an
+              example stays robust only if all 10 are right (worst of k), and the result adds the
+              expected accuracy, the mean over the passes.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from tqdm.auto import tqdm
 
 from toughen import threat
 from toughen.attacks import ATTACKS, Attack
-from toughen.errors import ToughenUsageError
-from toughen.evaluation.accuracy import clean_correct
+from toughen.errors import ToughenUsageError, check_number
+from toughen.evaluation.accuracy import clean_correct, clean_right
 from toughen.evaluation.cascade import Batch, cascade, model_device, per_batch
 from toughen.evaluation.resume import State, fingerprint, pack
 from toughen.precision import channels_last, check_amp, choose_precision
@@ -53,13 +58,21 @@ SUITES: dict[str, list[Attack]] = {
         Attack("apgd", {"steps": 100, "loss": "dlr", "n_target_classes": 9}),
         Attack("square", {"n_queries": 10000, "restarts": 2}),
     ],
+    "rand": [
+        Attack("apgd", {"steps": 100, "loss": "ce", "eot": 20}),
+        Attack("apgd", {"steps": 100, "loss": "dlr", "eot": 20}),
+    ],
 }
+# Forward passes that judge each attack's point, for the suites of randomized models (others: 1).
+DRAWS: dict[str, int] = {"rand": 10}
 
 
 def short_label(attack: Attack) -> str:
-    """A compact name for tables: pgd-20-ce, apgd-ce, apgd-t-dlr, square-5000 (x5 for 5 restarts)."""
+    """A compact name for tables: pgd-20-ce, apgd-ce, apgd-t-dlr, square-5000 (x5 for 5 restarts,
+    -eot20 for the gradient averaged over 20 passes)."""
     o = attack.options
     restarts = f"x{o['restarts']}" if o.get("restarts", 1) > 1 else ""
+    restarts += f"-eot{o['eot']}" if o.get("eot", 1) > 1 else ""
     if attack.name == "pgd":
         return f"pgd-{o.get('steps', 10)}-{o.get('loss', 'ce')}{restarts}"
     if attack.name == "apgd":
@@ -95,6 +108,14 @@ def resolve_suite(suite: str | Sequence[Attack]) -> tuple[str, list[Attack]]:
     return "custom", attacks
 
 
+def suite_draws(name: str, draws: int | None = None) -> int:
+    """The forward passes that judge each attack's point: ``draws`` if given, else the suite's own
+    (10 for ``rand``, 1 for the others and for a list of attacks)."""
+    if draws is None:
+        return DRAWS.get(name, 1)
+    return int(check_number("draws", draws, low=1, whole=True))
+
+
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
@@ -110,13 +131,15 @@ def evaluate(
     state_file: str | Path | None = None,
     amp: str | None = None,
     fast_layout: bool | str = "auto",
+    draws: int | None = None,
 ) -> dict[str, Any]:
     """Clean and worst-case robust accuracy of ``model`` on (x, y) under a suite of attacks.
 
     Args:
         model: maps inputs in ``bounds`` to logits; put it in eval mode first.
         x, y: the inputs (CPU or the model's device) and int64 labels.
-        suite: "quick", "standard", "thorough", or a list of :class:`toughen.attacks.Attack`.
+        suite: "quick", "standard", "thorough", "rand" (randomized models), or a list of
+            :class:`toughen.attacks.Attack`.
         eps, norm, bounds: the threat model, eps in data units.
         seed: seeds each (attack, batch) pair's generator, so a resumed run gives the same answer.
         state_file: a JSON file to resume from and write progress to (removed when done).
@@ -128,18 +151,28 @@ def evaluate(
         fast_layout: for image inputs (N, C, H, W), run the model in the channels-last memory
             format during the evaluation (same arithmetic, faster kernels on most CPUs and GPUs;
             restored afterwards); "auto" (default) times both layouts on the first batch.
+        draws: for a randomized model, the independent forward passes that judge the clean input
+            and each attack's point (default: the suite's own, 10 for "rand", else 1). An example
+            counts as correct only if all of them are right (worst of k), so ``clean_accuracy`` and
+            ``robust_accuracy`` are worst-of-k numbers, and the result adds the expected ones.
 
     Returns:
         a dict with ``clean_accuracy``, ``robust_accuracy``, ``suite``, ``per_attack`` (a list of
         ``{"attack", "robust_accuracy", "seconds"}``: the robust accuracy after each attack in
         order), ``eps``, ``norm``, ``n``, ``seconds``, ``amp`` and ``precision`` (what ran, and
-        for "auto" the probe's timings), and ``robust``: the per-example bool mask.
+        for "auto" the probe's timings), and ``robust``: the per-example bool mask. With
+        ``draws`` > 1 also ``draws``, ``expected_clean_accuracy`` and ``expected_robust_accuracy``
+        (the mean over examples of the fraction of passes right, at the clean input and at the
+        point that decided the example: the attack that fooled it, else the last one), an
+        ``expected_robust_accuracy`` in each ``per_attack`` row, and ``expected``, that fraction
+        per example.
 
     Example:
         >>> r = toughen.evaluate(model, x, y, suite="quick", eps=0.3)
         >>> r["robust_accuracy"], [a["robust_accuracy"] for a in r["per_attack"]]
     """
     name, attacks = resolve_suite(suite)
+    draws = suite_draws(name, draws)
     check_amp(amp)
     threat.check_eps(eps, norm, bounds)
     if len(x) != len(y) or len(x) == 0:
@@ -148,11 +181,17 @@ def evaluate(
         raise ToughenUsageError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model)
     start = time.perf_counter()
+    labels = [a.label for a in attacks] + ([f"draws={draws}"] if draws > 1 else [])
     state = State(Path(state_file) if state_file is not None else None,
-                  lambda: fingerprint(model, x, y, [a.label for a in attacks], eps, norm, bounds, seed, batch_size))
+                  lambda: fingerprint(model, x, y, labels, eps, norm, bounds, seed, batch_size))
 
-    clean = clean_correct(model, x, y, batch_size)
+    if draws == 1:
+        clean, expected = clean_correct(model, x, y, batch_size), None
+    else:  # a randomized model: correct means right in every draw; expected keeps the fraction
+        right = clean_right(model, x, y, batch_size, draws)
+        clean, expected = right == 1, state.expected(right)
     robust = state.robust(clean)  # the mask so far, when resuming
+    kept = {"expected": expected.tolist()} if expected is not None else {}
     per_attack = state.per_attack()  # the rows of the attacks finished before an interruption
     resume_at, seconds = state.start()  # seconds: of the attack under way
     # a resumed evaluation goes on in the precision it started with
@@ -164,21 +203,29 @@ def evaluate(
     def on_batch(step: Batch) -> None:
         nonlocal seconds
         seconds += step.seconds
+        if expected is not None:
+            kept["expected"] = expected.tolist()
         state.save(per_attack=per_attack, robust=pack(robust), attack=step.attack, todo=pack(step.todo),
-                   batches_done=step.batch + 1, seconds=seconds, precision=precision.to_dict())
+                   batches_done=step.batch + 1, seconds=seconds, precision=precision.to_dict(), **kept)
 
     def on_attack(a_i: int) -> None:
         nonlocal seconds
         per_attack.append({"attack": short_label(attacks[a_i]), "robust_accuracy": robust.float().mean().item(),
                            "seconds": seconds})
+        if expected is not None:
+            per_attack[-1]["expected_robust_accuracy"] = expected.mean().item()
+            kept["expected"] = expected.tolist()
         seconds = 0.0
-        state.save(per_attack=per_attack, robust=pack(robust), precision=precision.to_dict())
+        state.save(per_attack=per_attack, robust=pack(robust), precision=precision.to_dict(), **kept)
 
     with channels_last(model, precision.channels_last):
         cascade(model, x, y, attacks, eps=eps, norm=norm, bounds=bounds, robust=robust, batch_size=batch_size,
                 generators=per_batch(seed, device), start=resume_at, on_batch=on_batch, on_attack=on_attack,
-                progress=progress)
+                progress=progress, draws=draws, expected=expected)
     state.clear()
+    randomized = {} if expected is None else {
+        "draws": draws, "expected_clean_accuracy": right.mean().item(),
+        "expected_robust_accuracy": expected.mean().item(), "expected": expected}
     return {
         "clean_accuracy": clean.float().mean().item(),
         "robust_accuracy": robust.float().mean().item(),
@@ -191,6 +238,7 @@ def evaluate(
         "n": len(x),
         "seconds": time.perf_counter() - start,
         "robust": robust,
+        **randomized,
     }
 
 
@@ -205,19 +253,22 @@ def evaluate_loader(
     seed: int = 0,
     progress: bool = False,
     amp: str | None = None,
+    draws: int | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate` over an iterable of (x, y) batches, for data that does not fit in memory.
 
     The cascade is per example, so running it batch by batch gives the same worst case; the
-    per-attack accuracies and seconds are summed over batches. Only the bool robust mask is kept.
+    per-attack accuracies and seconds are summed over batches. Only the bool robust mask (and, with
+    ``draws`` > 1, the per-example ``expected`` fraction) is kept.
     """
     name, attacks = resolve_suite(suite)
+    draws = suite_draws(name, draws)
     n, clean_hits, masks, seconds = 0, 0, [], [0.0] * len(attacks)
-    after = [0] * len(attacks)
+    after, expected, exp_clean, exp_after = [0] * len(attacks), [], 0.0, [0.0] * len(attacks)
     start = time.perf_counter()
     for b, (xb, yb) in enumerate(tqdm(loader, desc="batches", disable=not progress, leave=False)):
         r = evaluate(model, xb, yb, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=stream_seed(seed, b),
-                     batch_size=len(xb), amp=amp)
+                     batch_size=len(xb), amp=amp, draws=draws)
         precision = r["precision"]  # chosen per batch; the same choice for batches of one shape
         n += r["n"]
         clean_hits += round(r["clean_accuracy"] * r["n"])
@@ -225,17 +276,29 @@ def evaluate_loader(
         for i, row in enumerate(r["per_attack"]):
             after[i] += round(row["robust_accuracy"] * r["n"])
             seconds[i] += row["seconds"]
+            exp_after[i] += row.get("expected_robust_accuracy", 0.0) * r["n"]
+        if draws > 1:
+            expected.append(r["expected"])
+            exp_clean += r["expected_clean_accuracy"] * r["n"]
     if n == 0:
         raise ToughenUsageError("the loader yielded no examples")
     robust = torch.cat(masks)
+    per_attack = [{"attack": short_label(a), "robust_accuracy": after[i] / n, "seconds": seconds[i]}
+                  for i, a in enumerate(attacks)]
+    randomized = {}
+    if draws > 1:
+        for i, row in enumerate(per_attack):
+            row["expected_robust_accuracy"] = exp_after[i] / n
+        expected = torch.cat(expected)
+        randomized = {"draws": draws, "expected_clean_accuracy": exp_clean / n,
+                      "expected_robust_accuracy": expected.mean().item(), "expected": expected}
     return {
         "clean_accuracy": clean_hits / n,
         "robust_accuracy": robust.float().mean().item(),
         "suite": name,
-        "per_attack": [{"attack": short_label(a), "robust_accuracy": after[i] / n, "seconds": seconds[i]}
-                       for i, a in enumerate(attacks)],
+        "per_attack": per_attack,
         "eps": eps, "norm": norm, "amp": precision["amp"], "precision": precision, "n": n,
-        "seconds": time.perf_counter() - start, "robust": robust,
+        "seconds": time.perf_counter() - start, "robust": robust, **randomized,
     }
 
 
@@ -252,14 +315,18 @@ def robustness_curve(
     batch_size: int = 500,
     progress: bool = False,
     amp: str | None = None,
+    draws: int | None = None,
 ) -> list[dict[str, Any]]:
     """Robust accuracy at each eps of ``eps_list`` (sorted ascending), in one call.
 
     An example fooled at a smaller eps is fooled at every larger one (the larger ball contains the
     smaller), so each eps attacks only the examples still robust at the previous one: the curve is
     a worst case and cheaper than independent evaluations. Returns one
-    ``{"eps", "robust_accuracy", "per_attack", "seconds"}`` per eps.
+    ``{"eps", "robust_accuracy", "per_attack", "seconds"}`` per eps (with ``draws`` > 1, as in
+    :func:`evaluate`, each row and per_attack row adds ``expected_robust_accuracy``; an example
+    fooled at a smaller eps keeps its expected fraction from there).
     """
+    draws = suite_draws(resolve_suite(suite)[0], draws)
     eps_values = sorted(float(e) for e in eps_list)
     if not eps_values:
         raise ToughenUsageError("the eps list is empty; give values such as 0.1,0.2,0.3")
@@ -267,19 +334,30 @@ def robustness_curve(
         threat.check_eps(e, norm, bounds)
     if len(x) != len(y) or len(x) == 0:
         raise ToughenUsageError(f"x and y must be non-empty and of the same length, got {len(x)} and {len(y)}")
-    alive = clean_correct(model, x, y, batch_size)
+    if draws == 1:
+        alive, expected = clean_correct(model, x, y, batch_size), None
+    else:
+        expected = clean_right(model, x, y, batch_size, draws)
+        alive = expected == 1
     rows = []
     for e in eps_values:
         idx = alive.nonzero().squeeze(1)
         if e == 0 or len(idx) == 0:
             rows.append({"eps": e, "robust_accuracy": alive.float().mean().item(), "per_attack": [], "seconds": 0.0})
+            if expected is not None:
+                rows[-1]["expected_robust_accuracy"] = expected.mean().item()
             continue
         r = evaluate(model, x[idx], y[idx], suite=suite, eps=e, norm=norm, bounds=bounds, seed=seed,
-                     batch_size=batch_size, progress=progress, amp=amp)
+                     batch_size=batch_size, progress=progress, amp=amp, draws=draws)
         alive[idx] = r["robust"]
         scale = len(idx) / len(x)
-        rows.append({
-            "eps": e, "robust_accuracy": alive.float().mean().item(), "seconds": r["seconds"],
-            "per_attack": [{**p, "robust_accuracy": p["robust_accuracy"] * scale} for p in r["per_attack"]],
-        })
+        per_attack = [{**p, "robust_accuracy": p["robust_accuracy"] * scale} for p in r["per_attack"]]
+        rows.append({"eps": e, "robust_accuracy": alive.float().mean().item(), "seconds": r["seconds"],
+                     "per_attack": per_attack})
+        if expected is not None:  # the examples not attacked at this eps keep theirs
+            others = (expected.sum() - expected[idx].sum()).item() / len(x)
+            for p in per_attack:
+                p["expected_robust_accuracy"] = others + p["expected_robust_accuracy"] * scale
+            expected[idx] = r["expected"]
+            rows[-1]["expected_robust_accuracy"] = expected.mean().item()
     return rows
