@@ -75,25 +75,19 @@ def evaluate_run(
     if suite is not None and attack is not None:
         raise ToughenUsageError("give --suite or --attack, not both")
     run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
-    if cfg.get("kind") is not None:  # text runs evaluate in their own package (`toughen eval` dispatches there)
-        raise ToughenUsageError(f"{run_dir} is a {cfg['kind']} run: evaluate it with toughen.text.cli.evaluate_run, or "
-                                f"`toughen eval {run_dir}`")
-    train_cfg = cfg["train"]
+    # text runs evaluate in their own package (`toughen eval` dispatches there)
+    cfg, eps, norm, bounds = _image_run(run_dir, eps, norm, "{run_dir} is a {kind} run: evaluate it with "
+                                        "toughen.text.cli.evaluate_run, or `toughen eval {run_dir}`")
     attack = attack or "pgd"
     if suite is None:
         get_attack(attack)
-    eps = eps if eps is not None else train_cfg["eps"]
-    norm = norm or train_cfg["norm"]
-    bounds = tuple(cfg["data_info"]["bounds"])
     threat.check_eps(eps, norm, bounds)
     if suite is None:
         if steps < 0:
             raise ToughenUsageError(f"--steps must be >= 0, got {steps}")
         if restarts < 1:
             raise ToughenUsageError(f"--restarts must be >= 1, got {restarts}")
-    if n is not None and n < 1:
-        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    _check_n(n)
     if suite is not None:
         name, attacks = resolve_suite(suite)
     else:
@@ -106,9 +100,7 @@ def evaluate_run(
     if certify is not None and dist.enabled:
         raise ToughenUsageError("--certify runs in one process; run toughen eval without torchrun")
     model = load(run_dir, device=dev)
-    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
-                       options=train_cfg.get("data_options"))
-    x, y = splits.x_test[:n], splits.y_test[:n]
+    x, y = _test_examples(cfg, n)
     suite_reason = None
     if suite == "standard":  # a randomized model gets the suite made for it (EOT, judged over draws)
         check = deterministic_check(model, x[:RANDOMNESS_CHECK_N].to(dev))
@@ -170,21 +162,13 @@ def certify_run(
     default) at ``eps`` in ``norm`` (default: the run's), and record the row in evaluations.jsonl.
     ``options`` go to :func:`toughen.certify.certify` (sigma, n0, samples, alpha, batch_size)."""
     run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
-    if cfg.get("kind") is not None:
-        raise ToughenUsageError(f"{run_dir} is a {cfg['kind']} run; certification bounds image models")
-    train_cfg = cfg["train"]
-    eps = eps if eps is not None else train_cfg["eps"]
-    norm = norm or train_cfg["norm"]
-    bounds = tuple(cfg["data_info"]["bounds"])
+    cfg, eps, norm, bounds = _image_run(run_dir, eps, norm, "{run_dir} is a {kind} run; certification bounds "
+                                        "image models")
     threat.check_eps(eps, norm, bounds)
-    if n is not None and n < 1:
-        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    _check_n(n)
     dev = check_device(device)
     model = load(run_dir, device=dev)
-    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
-                       options=train_cfg.get("data_options"))
-    x, y = splits.x_test[:n].to(dev), splits.y_test[:n].to(dev)
+    x, y = (t.to(dev) for t in _test_examples(cfg, n))
     result = run_certification(model, x, y, eps=eps, norm=norm, method=method, bounds=bounds,
                                options={"seed": seed, **options}, progress=progress)
     row = certificate_row(result)
@@ -220,24 +204,16 @@ def radius_run(
     the largest radius found (with ``eps_sweep``'s values and eps added), the histogram and, for
     up to a few thousand examples, every radius (null where none was found)."""
     run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
-    if cfg.get("kind") is not None:
-        raise ToughenUsageError(f"{run_dir} is a {cfg['kind']} run; --radius measures image models")
-    train_cfg = cfg["train"]
-    eps = eps if eps is not None else train_cfg["eps"]
-    norm = norm or train_cfg["norm"]
-    bounds = tuple(cfg["data_info"]["bounds"])
+    cfg, eps, norm, bounds = _image_run(run_dir, eps, norm, "{run_dir} is a {kind} run; --radius measures image "
+                                        "models")
     for e in [eps, *(eps_sweep or [])]:
         threat.check_eps(e, norm, bounds)
-    if n is not None and n < 1:
-        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+    _check_n(n)
     dist, dev = setup_distributed(check_device(device))
     if dist.enabled:
         raise ToughenUsageError("--radius runs in one process; run toughen eval without torchrun")
     model = load(run_dir, device=dev)
-    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
-                       options=train_cfg.get("data_options"))
-    x, y = splits.x_test[:n], splits.y_test[:n]
+    x, y = _test_examples(cfg, n)
     found = robust_radii(model, x, y, norm=norm, bounds=bounds, steps=steps, restarts=restarts,
                          n_target_classes=n_target_classes, refine_at=[eps, *(eps_sweep or [])] if refine else [],
                          amp=amp, progress=progress,
@@ -273,3 +249,27 @@ def _one_attack(attack: str, steps: int, step_size: float | None, restarts: int,
         if step_size is not None:
             options["step_size"] = check_number("--step-size", step_size, low=0)
     return Attack(attack, options)
+
+
+def _image_run(run_dir: Path, eps: float | None, norm: str | None, refusal: str) -> tuple[dict, float, str, tuple]:
+    """An image run's config.yaml, and the eps and norm to measure at (the run's unless given) and
+    its data bounds; a run of another kind is refused with ``refusal`` ({run_dir}, {kind})."""
+    cfg = read_config(run_dir)
+    if cfg.get("kind") is not None:
+        raise ToughenUsageError(refusal.format(run_dir=run_dir, kind=cfg["kind"]))
+    train_cfg = cfg["train"]
+    eps = eps if eps is not None else train_cfg["eps"]
+    return cfg, eps, norm or train_cfg["norm"], tuple(cfg["data_info"]["bounds"])
+
+
+def _check_n(n: int | None) -> None:
+    if n is not None and n < 1:
+        raise ToughenUsageError(f"--n must be >= 1, got {n}")
+
+
+def _test_examples(cfg: dict, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` examples of the run's test split (all when None)."""
+    train_cfg = cfg["train"]
+    splits = load_data(train_cfg["data"], train_cfg["data_dir"], train_cfg["val_size"],
+                       options=train_cfg.get("data_options"))
+    return splits.x_test[:n], splits.y_test[:n]
