@@ -10,9 +10,9 @@ a long evaluation resumes from a state file, :mod:`toughen.evaluation.resume`).
 
 Named suites:
     quick     PGD-20 with the cross-entropy loss, then PGD-20 with the margin loss.
-    standard  APGD-CE, APGD-T (targeted DLR at the 9 top other classes), Square at 5,000 queries:
-              the attacks and budgets of AutoAttack's "standard" version (minus FAB-T, which
-              rarely changes the result when APGD-T has run).
+    standard  APGD-CE, APGD-T (targeted DLR at the 9 top other classes), FAB-T (the boundary
+              towards each of the same 9 classes), Square at 5,000 queries: the attacks and budgets
+              of AutoAttack's "standard" version, in its order.
     thorough  APGD-CE and APGD-DLR with 5 restarts, APGD-T, Square at 10,000 queries with
               2 restarts.
     rand      for randomized models: APGD-CE and APGD-DLR with expectation over transformation
@@ -50,6 +50,7 @@ SUITES: dict[str, list[Attack]] = {
     "standard": [
         Attack("apgd", {"steps": 100, "loss": "ce"}),
         Attack("apgd", {"steps": 100, "loss": "dlr", "n_target_classes": 9}),
+        Attack("fab", {"steps": 100, "targeted": True, "n_target_classes": 9}),
         Attack("square", {"n_queries": 5000}),
     ],
     "thorough": [
@@ -68,7 +69,7 @@ DRAWS: dict[str, int] = {"rand": 10}
 
 
 def short_label(attack: Attack) -> str:
-    """A compact name for tables: pgd-20-ce, apgd-ce, apgd-t-dlr, square-5000 (x5 for 5 restarts,
+    """A compact name for tables: pgd-20-ce, apgd-ce, apgd-t-dlr, fab-t, square-5000 (x5 for 5 restarts,
     -eot20 for the gradient averaged over 20 passes)."""
     o = attack.options
     restarts = f"x{o['restarts']}" if o.get("restarts", 1) > 1 else ""
@@ -79,6 +80,8 @@ def short_label(attack: Attack) -> str:
         return f"apgd-{'t-' if o.get('n_target_classes') else ''}{o.get('loss', 'ce')}{restarts}"
     if attack.name == "square":
         return f"square-{o.get('n_queries', 5000)}{restarts}"
+    if attack.name == "fab":
+        return f"fab{'-t' if o.get('targeted') else ''}{restarts}"
     return attack.label
 
 
