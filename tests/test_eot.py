@@ -175,7 +175,7 @@ def test_worst_of_k_is_at_most_the_expected_accuracy(robust_model, test_batch):
     assert rows[-1]["expected_robust_accuracy"] == pytest.approx(r["expected_robust_accuracy"])
 
 
-@pytest.mark.slow
+@pytest.mark.expensive  # about 11 minutes on 2 cores: standard's FAB-T and Square on randomized models
 def test_rand_is_below_standard_on_three_randomized_models(robust_model, test_batch):
     """The done-when of the rand suite: on input noise, random resize-and-pad and test-time dropout
     around the PGD-trained digits model, rand (EOT-20 APGD-CE and APGD-DLR, judged worst of 10
