@@ -25,6 +25,7 @@ from toughen import threat
 from toughen.attacks.eot import check_eot, eot_grad, eot_logits, eot_value
 from toughen.attacks.losses import loss_value
 from toughen.attacks.pgd import _check_inputs, _settle
+from toughen.attacks.trace import active
 from toughen.errors import ToughenUsageError
 from toughen.precision import confirm_fooled
 
@@ -73,12 +74,15 @@ def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss, bounds, gener
             hits = torch.where(wrong, hits, hits.clamp(max=1 - 1 / eot))
         return value, g, wrong, hits
 
+    trace = active()  # the indicators of attack failure read each step; None almost always
     marks = set(checkpoints(steps))
     s = {  # per-example state, compacted together as examples get fooled
         "idx": torch.arange(n, device=x.device), "x": x, "y": y, "t": target, "delta": delta,
         "prev": delta.clone(), "eta": torch.full((n,), 2 * eps, device=x.device, dtype=x.dtype),
     }
     value, grad, wrong, hits = value_and_grad(x, y, target, delta)
+    if trace is not None:
+        trace.step(s["idx"], value, wrong)
     s.update(grad=grad, value=value, best=value.clone(), best_delta=delta.clone(), best_grad=grad.clone(),
              best_at_check=value.clone(), halved_at_check=torch.ones(n, dtype=torch.bool, device=x.device),
              n_up=torch.zeros(n, device=x.device))
@@ -103,6 +107,8 @@ def _apgd_run(model, x, y, target, *, eps, norm, steps, rho, loss, bounds, gener
         new = threat.clamp_to_bounds(xs, threat.project(new, eps, norm), bounds)
         s["prev"] = d
         value, grad, wrong, hits = value_and_grad(xs, s["y"], s["t"], new)
+        if trace is not None:
+            trace.step(s["idx"], value, wrong)
         s["n_up"] += (value > s["value"]).float()
         s["delta"], s["value"], s["grad"] = new, value, grad
         better = value > s["best"]
@@ -208,6 +214,7 @@ def apgd(
     else:
         targets = [None]
     best_value = torch.full((len(x),), float("-inf"), device=x.device)
+    trace = active()  # each run is one of the trace's runs, over the rows it attacks
     best_hits = torch.zeros(len(x), device=x.device)  # under EOT: the fraction of passes that out fools
     for t_all in targets:
         for _ in range(restarts):
@@ -215,6 +222,8 @@ def apgd(
             if len(todo) == 0:
                 return out
             t = t_all[todo] if t_all is not None else None
+            if trace is not None:
+                trace.run(todo)
             x_run, f_run = _apgd_run(model, x[todo], y[todo], t, eps=eps, norm=norm, steps=int(steps), rho=rho,
                                      loss=loss, bounds=bounds, generator=generator, amp=amp, eot=eot)
             # Among runs that did not fool, keep the input of highest untargeted loss (under EOT:

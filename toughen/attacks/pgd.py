@@ -8,6 +8,7 @@ from torch import nn
 from toughen import threat
 from toughen.attacks.eot import check_eot, eot_grad, eot_value
 from toughen.attacks.losses import LOSSES, check_loss, is_successful, objective
+from toughen.attacks.trace import active
 from toughen.errors import ToughenUsageError, check_number
 from toughen.precision import check_amp, confirm_fooled, resolve_amp
 
@@ -165,9 +166,12 @@ def pgd(
     track = keep_best or early_stop or restarts > 1
     worst = _WorstCase(x)
     everyone = torch.arange(len(x), device=x.device)
+    trace = active()  # the indicators of attack failure read each step; None almost always
     for _ in range(restarts):
         # With early_stop, examples already fooled are not attacked again.
         idx = everyone[~worst.success] if early_stop else everyone
+        if trace is not None:
+            trace.run(everyone)
         xs, ys = x[idx], y[idx]
         ts = target[idx] if target is not None else None
         value_of = objective(loss, ys, ts)
@@ -183,6 +187,8 @@ def pgd(
                 success = _offer(worst, model, idx, xs + delta, ys, ts, hits, value, amp, eot)
             else:
                 success = hits == 1
+            if trace is not None:
+                trace.step(idx, value, success)
             delta = threat.step(xs, delta, grad, step_size, eps, norm, bounds)
             if early_stop and success.any():
                 keep = ~success
@@ -205,7 +211,9 @@ def pgd(
             t_last = ts[open_] if ts is not None else None
             value, hits = eot_value(model, x_last, objective(loss, y_last, t_last),
                                     lambda lg: is_successful(lg, y_last, t_last), eot=eot, amp=amp)
-            _offer(worst, model, idx[open_], x_last, y_last, t_last, hits, value, amp, eot)
+            success = _offer(worst, model, idx[open_], x_last, y_last, t_last, hits, value, amp, eot)
+            if trace is not None:
+                trace.step(idx[open_], value, success)
     return worst.x
 
 

@@ -31,18 +31,22 @@ def audit(
     active_test: bool = typer.Option(False, "--active-test", help="Also run the binarization test (Zimmermann et al. "
                                      "2022): do PGD, APGD and Square find adversarial examples known to exist?"),
     active_n: int = typer.Option(20, help="Test examples (cases) of --active-test."),
+    surrogate: Optional[Path] = typer.Option(None, help="A run directory of a model trained on the same data "
+                                             "(standard training is best): the transfer_failure check attacks it "
+                                             "and tries its points on the audited model (skipped without it)."),
     json_out: bool = typer.Option(False, "--json", help="Print exactly one JSON object, nothing else."),
 ) -> None:
     """Check a model for gradient masking: verdict "pass" (exit 0) or "suspicious" (exit 1), with the
     evidence of each check. Writes RUN_DIR/audit.json for a run directory. --active-test adds the
-    binarization test's pass fractions (which leave the verdict as it is)."""
+    binarization test's pass fractions (which leave the verdict as it is); --surrogate RUN runs the
+    transfer_failure check, which is skipped without it."""
     from toughen.evaluation.audit import audit_command
 
     report = audit_command(
         run_dir, model_spec=model, weights=str(weights) if weights else None, data=data,
         data_dir=str(data_dir) if data_dir else None, eps=parse_number(eps, "--eps"),
         norm=norm, n=n, n_queries=queries, steps=steps, seed=seed, device=device,
-        active_n=active_n if active_test else None,
+        active_n=active_n if active_test else None, surrogate=surrogate,
     )
     if json_out:
         print(json.dumps(report))
@@ -53,7 +57,7 @@ def audit(
         for c in ("check", "status", "evidence"):
             table.add_column(c)
         for c in report["checks"]:
-            color = "green" if c["status"] == "pass" else "red"
+            color = {"pass": "green", "skipped": "yellow"}.get(c["status"], "red")
             table.add_row(escape(c["name"]), f"[{color}]{escape(c['status'])}[/]", escape(c["evidence"]))
         out.print(table)
         if "active_test" in report:

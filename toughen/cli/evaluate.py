@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from toughen.cli.common import main_process, parse_number, print_rows
 from toughen.console import out
@@ -50,6 +51,10 @@ def eval_(
     refine: bool = typer.Option(True, help="With --radius: at --eps and each --eps-sweep value, attack the "
                                 "examples whose radius is within 10% above it with APGD-CE and APGD-T (FAB stops "
                                 "a little past the boundary)."),
+    surrogate: Optional[Path] = typer.Option(None, help="With --suite: a run directory of a model trained on the "
+                                             "same data (standard training is best); PGD-50 on it, transferred, "
+                                             "runs after the suite, and a warning says if it fools examples the "
+                                             "white-box attacks missed."),
 ) -> None:
     """Evaluate a trained run on its test split: clean and robust accuracy under one attack, or the
     worst case over an attack suite (--suite), optionally over a list of eps (--eps-sweep)."""
@@ -62,15 +67,17 @@ def eval_(
         _radius(run_dir, eps=eps, norm=norm, steps=steps, restarts=restarts, targets=targets, refine=refine, n=n,
                 seed=seed, device=device, json_out=json_out, eps_sweep=eps_sweep, amp=amp,
                 others={"--attack": attack, "--suite": suite, "--certify": certify, "--step-size": step_size,
-                        "--budget": budget, "--sigma": sigma, "--loss": None if loss == "ce" else loss})
+                        "--budget": budget, "--sigma": sigma, "--loss": None if loss == "ce" else loss,
+                        "--surrogate": surrogate})
         return
     steps = 20 if steps is None else steps
     restarts = 1 if restarts is None else restarts
     if read_config(run_dir).get("kind") == "text":
         from toughen.text.cli import eval_command
 
-        if amp is not None:
-            raise ToughenUsageError("--amp applies to image runs; text attacks run in the model's precision")
+        if amp is not None or surrogate is not None:
+            raise ToughenUsageError("--amp and --surrogate apply to image runs; text attacks run in the model's "
+                                    "precision and have no transfer check")
         eval_command(run_dir, json_out=json_out, attack=attack, budget=budget, eps=parse_number(eps, "--eps"),
                      norm=norm, steps=steps, step_size=parse_number(step_size, "--step-size"), n=n, seed=seed,
                      device=device)
@@ -88,7 +95,7 @@ def eval_(
                           step_size=parse_number(step_size, "--step-size"), restarts=restarts, loss=loss, n=n,
                           seed=seed, device=device, eps_sweep=sweep, amp=amp, certify=certify,
                           certify_options={"sigma": parse_number(sigma, "--sigma")} if certify == "smoothing" else None,
-                          progress=not json_out)
+                          surrogate=surrogate, progress=not json_out)
     if not main_process():
         return
     if json_out:
@@ -101,6 +108,13 @@ def eval_(
             out.print(f"eps {row['eps']:.4g}: robust accuracy {100 * row['robust_accuracy']:.1f}%")
     else:
         print_rows(str(run_dir), [{k: v for k, v in result.items() if k not in ("bracket", "certified")}])
+    for w in result.get("warnings", []):  # the indicators of attack failure that fired
+        out.print(f"[bold yellow]warning:[/] {w['indicator']} ({w['attack']}): {escape(w['evidence'])}",
+                  highlight=False)
+    for row in result.get("curve", []):
+        for w in row.get("warnings", []):
+            out.print(f"[bold yellow]warning[/] at eps {row['eps']:.4g}: {w['indicator']} ({w['attack']}): "
+                      f"{escape(w['evidence'])}", highlight=False)
     if "suite_reason" in result:
         out.print(f"suite rand, not standard: {result['suite_reason']}", highlight=False)
     if "expected_robust_accuracy" in result:

@@ -5,7 +5,15 @@ shattered (quantized or non-differentiable inputs), saturated (a softmax pushed 
 1), or random. Athalye, Carlini and Wagner (2018, "Obfuscated Gradients Give a False Sense of
 Security") and Carlini et al. (2019, "On Evaluating Adversarial Robustness") list the symptoms;
 AutoAttack's ``checks.py`` prints some of them. Each check here reports ``pass`` or
-``suspicious`` with its evidence, and the audit's verdict is ``suspicious`` if any check is.
+``suspicious`` with its evidence (``skipped`` when it needs something not given), and the audit's
+verdict is ``suspicious`` if any check is.
+
+Six of the checks are the indicators of attack failure of Pintor et al. (2022, "Indicators of
+Attack Failure: Debugging and Improving Optimization of Adversarial Examples", NeurIPS), and say so
+in their ``indicator`` field: ``deterministic`` (unstable predictions), ``gradients_finite_nonzero``
+(unavailable gradients), ``unbounded_attack_succeeds`` (unconstrained attack failure),
+``silent_success``, ``incomplete_optimization`` and ``transfer_failure`` (with a surrogate). The
+cheap ones also run on every suite evaluation (:mod:`toughen.evaluation.indicators`).
 
     report = audit(model, x, y, eps=0.3)
     report["verdict"], [c["name"] for c in report["checks"] if c["status"] != "pass"]
@@ -24,6 +32,7 @@ from torch import nn
 from toughen import threat
 from toughen.attacks import Attack
 from toughen.errors import ToughenUsageError, check_number
+from toughen.evaluation import indicators as ind
 from toughen.evaluation.active_test import binarization_test, default_attacks
 from toughen.evaluation.cascade import model_device
 from toughen.evaluation.suite import evaluate
@@ -31,11 +40,16 @@ from toughen.logits import logits_of
 from toughen.run_kinds import kind_of
 from toughen.runtime import check_device
 
-PASS, SUSPICIOUS = "pass", "suspicious"
+PASS, SUSPICIOUS, SKIPPED = "pass", "suspicious", "skipped"
+# The checks that are indicators of attack failure (Pintor et al. 2022), and the paper's names.
+INDICATOR_OF = {"deterministic": "unstable_predictions", "gradients_finite_nonzero": "unavailable_gradients",
+                "unbounded_attack_succeeds": "unconstrained_attack_failure", "silent_success": "silent_success",
+                "incomplete_optimization": "incomplete_optimization", "transfer_failure": "transfer_failure"}
 
 
 def make_check(name: str, ok: bool, evidence: str, **values: Any) -> dict[str, Any]:
-    return {"name": name, "status": PASS if ok else SUSPICIOUS, "evidence": evidence, **values}
+    indicator = {"indicator": INDICATOR_OF[name]} if name in INDICATOR_OF else {}
+    return {"name": name, "status": PASS if ok else SUSPICIOUS, "evidence": evidence, **indicator, **values}
 
 
 def pct(v: float) -> str:
@@ -78,12 +92,16 @@ def deterministic_check(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
 
 
 def verdict_of(checks: list[dict[str, Any]]) -> str:
-    return PASS if all(c["status"] == PASS for c in checks) else SUSPICIOUS
+    return SUSPICIOUS if any(c["status"] == SUSPICIOUS for c in checks) else PASS
+
+
+def _evaluate(model, x, y, attacks, eps, norm, bounds, seed, indicators=False) -> dict[str, Any]:
+    return evaluate(model, x, y, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=seed, batch_size=len(x),
+                    indicators=indicators)
 
 
 def _robust(model, x, y, attacks, eps, norm, bounds, seed) -> torch.Tensor:
-    return evaluate(model, x, y, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=seed,
-                    batch_size=len(x))["robust"]
+    return _evaluate(model, x, y, attacks, eps, norm, bounds, seed)["robust"]
 
 
 def audit(
@@ -98,6 +116,7 @@ def audit(
     n_queries: int = 1000,
     seed: int = 0,
     tolerance: float = 0.01,
+    surrogate: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Run the gradient-masking checks on ``model`` at radius ``eps``.
 
@@ -108,6 +127,8 @@ def audit(
             with 2 restarts.
         n_queries: Square's query budget for the black-box check.
         tolerance: accuracy differences up to this fraction (plus one example) count as noise.
+        surrogate: a model trained on the same data (standard training is best), on the model's
+            device, for the ``transfer_failure`` check (skipped without it).
 
     Returns:
         ``{"verdict": "pass" | "suspicious", "checks": [{"name", "status", "evidence", ...}],
@@ -123,6 +144,8 @@ def audit(
     start = time.perf_counter()
     device = model_device(model)
     x, y = x.to(device), y.to(device)
+    if surrogate is not None:
+        ind.check_surrogate(surrogate, model, x)
     n = len(x)
     tol = tolerance + 1.0 / n
     lo, hi = bounds
@@ -154,10 +177,13 @@ def audit(
     # -- attacks that must be ordered ------------------------------------------------------------------
     with torch.no_grad():
         clean = (logits_of(model, x).argmax(1) == y).float().mean().item()
+    traced = ("silent_success", "incomplete_optimization")  # read from the PGD runs' per-step traces
     fgsm_r = _robust(model, x, y, [Attack("fgsm")], eps, norm, bounds, seed)
-    pgd_r = _robust(model, x, y, [Attack("pgd", {"steps": steps, "early_stop": True})], eps, norm, bounds, seed)
+    pgd_e = _evaluate(model, x, y, [Attack("pgd", {"steps": steps, "early_stop": True})], eps, norm, bounds, seed,
+                      traced)
     strong = Attack("pgd", {"steps": 3 * steps, "restarts": 2, "early_stop": True})
-    strong_r = _robust(model, x, y, [strong], eps, norm, bounds, seed + 1)
+    strong_e = _evaluate(model, x, y, [strong], eps, norm, bounds, seed + 1, traced)
+    pgd_r, strong_r = pgd_e["robust"], strong_e["robust"]
     acc = {"clean": clean, "fgsm": fgsm_r.float().mean().item(), f"pgd-{steps}": pgd_r.float().mean().item(),
            f"pgd-{3 * steps}x2": strong_r.float().mean().item()}
     a_fgsm, a_pgd, a_strong = acc["fgsm"], acc[f"pgd-{steps}"], acc[f"pgd-{3 * steps}x2"]
@@ -188,8 +214,9 @@ def audit(
     # -- the black-box attack must not beat the white-box ones ------------------------------
     # The white-box side includes a margin-loss PGD: a gap that only cross-entropy leaves open is a
     # weak loss, caught by the gradient check, not yet a sign that gradients hide examples.
-    margin_r = _robust(model, x, y, [Attack("pgd", {"steps": steps, "loss": "margin", "early_stop": True})], eps, norm,
-                       bounds, seed)
+    margin_e = _evaluate(model, x, y, [Attack("pgd", {"steps": steps, "loss": "margin", "early_stop": True})], eps,
+                         norm, bounds, seed, traced)
+    margin_r = margin_e["robust"]
     acc[f"pgd-{steps}-margin"] = margin_r.float().mean().item()
     white = fgsm_r & pgd_r & strong_r & margin_r
     idx = white.nonzero().squeeze(1)
@@ -205,6 +232,44 @@ def audit(
         + ("; gradients are hiding adversarial examples" if extra / n > tol else ""),
         extra_fooled=extra,
     ))
+
+    # -- the attacks' own optimization: no lost adversarial example, a loss that has settled ----
+    rows = [e["indicators"]["attacks"][0] for e in (pgd_e, strong_e, margin_e)]
+    names = ", ".join(r["attack"] for r in rows)
+    silent = sum(r["silent"] for r in rows)
+    checks.append(make_check(
+        "silent_success", silent == 0,
+        f"{names}: {silent} examples fooled by an iterate at some step but not by the returned point"
+        + ("; the attack lost adversarial examples it had found" if silent else ""),
+        silent=silent,
+    ))
+    last = rows[1]  # the strong PGD: the one whose budget should suffice
+    checks.append(make_check(
+        "incomplete_optimization", not ind.still_rising(last),
+        f"{last['rising']} of the {last['measured']} examples {last['attack']} left robust were still gaining loss "
+        f"when its steps ran out (more than {ind.RISE:.0%} of the loss's rise in the last {ind.TAIL:.0%} of the steps)"
+        + ("; more steps or a larger step size may fool some of them" if ind.still_rising(last) else ""),
+        rising=last["rising"], measured=last["measured"],
+    ))
+
+    # -- a transfer attack must not beat the white-box ones ------------------------------------
+    if surrogate is None:
+        checks.append({"name": "transfer_failure", "status": SKIPPED, "indicator": INDICATOR_OF["transfer_failure"],
+                       "evidence": "no surrogate given: pass --surrogate RUN (a standard-trained run on the same data) "
+                                   "to check whether its transferred points fool examples the white-box attacks miss"})
+    else:
+        moved = 0
+        if len(idx):
+            moved = int(ind.transfer_fooled(model, surrogate, x[idx], y[idx], eps=eps, norm=norm, bounds=bounds,
+                                            seed=seed).sum())
+        acc[f"transfer-pgd-{ind.TRANSFER_STEPS} after white-box"] = (white.sum().item() - moved) / n
+        checks.append(make_check(
+            "transfer_failure", moved / n <= tol,
+            f"PGD-{ind.TRANSFER_STEPS} on the surrogate, transferred, fooled {moved} of the {len(idx)} examples the "
+            f"white-box attacks left robust ({pct(moved / n)} of all)"
+            + ("; the white-box attacks miss adversarial examples that exist" if moved / n > tol else ""),
+            extra_fooled=moved,
+        ))
 
     # -- robust accuracy must fall with eps ---------------------------------------------------
     eps_values = [eps / 2, eps, min(2 * eps, 0.99 * width if norm == "linf" else 2 * eps)]
@@ -281,10 +346,11 @@ def load_factory_model(spec: str, weights: str | None, data_name: str, data_dir:
 
 
 def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n, n_queries, steps, seed, device,
-                  active_n=None):
+                  active_n=None, surrogate=None):
     """What `toughen audit` runs: returns the report, and writes RUN_DIR/audit.json for a run.
     ``active_n`` (a number) adds the binarization test of the default attacks on the first ``active_n``
-    test examples, under the key "active_test" (:mod:`toughen.evaluation.active_test`)."""
+    test examples, under the key "active_test" (:mod:`toughen.evaluation.active_test`). ``surrogate``
+    (a run directory) is the transfer attack's surrogate of the ``transfer_failure`` check."""
     from pathlib import Path
 
     from toughen.data import load_data
@@ -296,8 +362,9 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
         cfg = read_config(run_dir)
         kind = kind_of(cfg)
         if kind is not None:  # a text run, say: its own sanity checks
-            if active_n is not None:
-                raise ToughenUsageError("--active-test is for image models; this run has its own audit")
+            if active_n is not None or surrogate is not None:
+                raise ToughenUsageError("--active-test and --surrogate are for image models; this run has its own "
+                                        "audit")
             return kind.audit(run_dir, cfg, eps=eps, norm=norm, n=n, seed=seed, device=dev)
         train = cfg["train"]
         model = load(run_dir, device=dev)
@@ -316,8 +383,11 @@ def audit_command(run_dir, *, model_spec, weights, data, data_dir, eps, norm, n,
     if n < 1:
         raise ToughenUsageError(f"--n must be >= 1, got {n}")
     check_number("--active-n", active_n, low=1, whole=True, optional=True)
+    if surrogate is not None:
+        surrogate = ind.load_surrogate(surrogate, device=dev, num_classes=splits.num_classes,
+                                       input_shape=splits.input_shape)
     report = audit(model, splits.x_test[:n], splits.y_test[:n], eps=eps, norm=norm, bounds=bounds, steps=steps,
-                   n_queries=n_queries, seed=seed)
+                   n_queries=n_queries, seed=seed, surrogate=surrogate)
     report["model"] = str(run_dir) if run_dir is not None else model_spec
     if active_n is not None:
         gen = torch.Generator(device=model_device(model)).manual_seed(seed)

@@ -67,6 +67,8 @@ class Batch:
     batch: int
     todo: torch.Tensor  # the mask this attack started from
     seconds: float  # this batch's attack and check
+    idx: torch.Tensor | None = None  # the examples it attacked (indices into x)
+    still: torch.Tensor | None = None  # which of them its point left robust (CPU bool)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -161,7 +163,7 @@ def cascade(
                     expected[idx] = torch.minimum(expected[idx], right)
             robust[idx] &= still  # an attack can only flip examples to not robust
             if on_batch is not None:
-                on_batch(Batch(a_i, b_i, todo, time.perf_counter() - t0))
+                on_batch(Batch(a_i, b_i, todo, time.perf_counter() - t0, idx, still))
         if on_attack is not None:
             on_attack(a_i)
     return robust

@@ -9,6 +9,7 @@ and the precision chosen. Its JSON keys::
     per_attack    the result rows of the attacks done
     robust        the robust mask so far, as a string of 0 and 1
     expected      with draws > 1 (a randomized model): per example the fraction of draws right so far
+    indicators    the counts behind the indicators of attack failure so far (toughen.evaluation.indicators)
     precision     the precision the evaluation chose (a resumed run goes on as it started)
     attack, todo, batches_done, seconds
                   only inside an attack: its index, the mask it started from, how many of its
@@ -39,10 +40,12 @@ def unpack(text: str) -> torch.Tensor:
 
 
 def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, labels: list[str], eps, norm, bounds, seed,
-                batch_size) -> str:
-    """A fingerprint of everything that decides the result, so a stale state file is never reused."""
+                batch_size, surrogate: nn.Module | None = None) -> str:
+    """A fingerprint of everything that decides the result, so a stale state file is never reused
+    (with a transfer attack's surrogate, its weights too)."""
     h = hashlib.sha256()
-    for t in list(model.state_dict().values()) + [x, y]:
+    weights = list(model.state_dict().values()) + (list(surrogate.state_dict().values()) if surrogate else [])
+    for t in weights + [x, y]:
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps([labels, eps, norm, list(bounds), seed, batch_size]).encode())
     return h.hexdigest()[:32]
@@ -74,6 +77,10 @@ class State:
         """The fraction of draws right per example so far (randomized models): ``right`` (at the
         clean input) unless resuming."""
         return torch.tensor(self.data["expected"]) if "expected" in self.data else right.clone()
+
+    def indicators(self) -> dict[str, Any] | None:
+        """The indicators' counts of the batches done (None: starting, or a file from before them)."""
+        return self.data.get("indicators")
 
     def precision(self) -> Precision | None:
         return Precision.from_dict(self.data["precision"]) if "precision" in self.data else None

@@ -20,6 +20,7 @@ from toughen import threat
 from toughen.attacks import Attack, get_attack
 from toughen.data import load_data
 from toughen.errors import ToughenUsageError, check_number
+from toughen.evaluation import indicators as ind
 from toughen.evaluation.attack_eval import evaluate_attack
 from toughen.evaluation.audit import deterministic_check
 from toughen.evaluation.certified import bracket, certificate_row, run_certification
@@ -50,6 +51,7 @@ def evaluate_run(
     amp: str | None = None,
     certify: str | None = None,
     certify_options: dict[str, Any] | None = None,
+    surrogate: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the model of an image run directory on the first ``n`` examples of its test split
@@ -71,6 +73,12 @@ def evaluate_run(
     such as sigma) also certifies the same examples and adds ``certified`` (the certification's
     numbers) and ``bracket`` (certified <= true <= attacked, with its width and what it means). Under torchrun each rank attacks its shard with its own seed (``stream_seed(seed,
     rank)``), the ranks' results are merged, and rank 0 records them.
+
+    A suite (or an eps_sweep) also computes the indicators of attack failure
+    (:mod:`toughen.evaluation.indicators`): ``warnings`` (none for a healthy evaluation; each curve
+    row has its own where any fired) and ``indicators``, the counts behind them, summed over
+    torchrun's ranks. ``surrogate``, a run directory of a model trained on the same data, adds its
+    transfer attack to the suite (``transfer_failure``) and is named in the row.
     """
     if suite is not None and attack is not None:
         raise ToughenUsageError("give --suite or --attack, not both")
@@ -93,6 +101,8 @@ def evaluate_run(
     else:
         name, attacks = "custom", [_one_attack(attack, steps, step_size, restarts, loss)]
     one = suite is None and eps_sweep is None  # one attack and no curve: evaluate_attack, no suite's bookkeeping
+    if surrogate is not None and one:
+        raise ToughenUsageError("--surrogate adds a transfer attack to a suite: give --suite (or --eps-sweep)")
     if one:  # a suite chooses its precision itself, in evaluate
         attacks = with_amp(attacks, amp)
 
@@ -100,6 +110,8 @@ def evaluate_run(
     if certify is not None and dist.enabled:
         raise ToughenUsageError("--certify runs in one process; run toughen eval without torchrun")
     model = load(run_dir, device=dev)
+    surrogate_model = None if surrogate is None else ind.load_surrogate(
+        surrogate, device=dev, num_classes=cfg["data_info"]["num_classes"], input_shape=cfg["data_info"]["input_shape"])
     x, y = _test_examples(cfg, n)
     suite_reason = None
     if suite == "standard":  # a randomized model gets the suite made for it (EOT, judged over draws)
@@ -118,8 +130,14 @@ def evaluate_run(
     else:
         result = evaluate(model, xs, ys, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=rank_seed,
                           progress=progress, state_file=None if dist.enabled else run_dir / STATE_FILE, amp=amp,
-                          draws=draws)
+                          draws=draws, surrogate=surrogate_model)
+    local = result
     result = dist.merge_evaluation(result)
+    if not one and dist.enabled:  # the warnings of all the shards: their counts added up
+        result["indicators"] = ind.merge_counts(dist.gather(local["indicators"]))
+        result["warnings"] = ind.warnings_of(
+            result["indicators"], round(result["clean_accuracy"] * result["n"]),
+            [round(p["robust_accuracy"] * result["n"]) for p in result["per_attack"]], result["n"])
     robust = result.pop("robust")
     result.pop("expected", None)
     if not one:
@@ -127,15 +145,19 @@ def evaluate_run(
         result["attack"] = f"suite:{name}" if suite is not None else attacks[0].label
     if suite_reason is not None:
         result["suite_reason"] = suite_reason
+    if surrogate is not None:
+        result["surrogate"] = str(surrogate)
     names = cfg["data_info"]["class_names"]
     result["per_class_robust_accuracy"] = {
         names[c]: robust[y == c].float().mean().item() for c in range(len(names)) if (y == c).any()
     }
     if eps_sweep:
         rows = robustness_curve(model, xs, ys, eps_sweep, suite=attacks, norm=norm, bounds=bounds, seed=rank_seed,
-                                progress=progress, amp=amp, draws=draws)
-        result["curve"] = [{k: row[k] for k in ("eps", "robust_accuracy", "expected_robust_accuracy", "seconds")
-                            if k in row} for row in dist.merge_rows(rows, len(xs))]
+                                progress=progress, amp=amp, draws=draws, surrogate=surrogate_model)
+        # a row's warnings only where any fired (under torchrun, rank 0's shard's)
+        result["curve"] = [{k: row[k] for k in ("eps", "robust_accuracy", "expected_robust_accuracy", "seconds",
+                                                "warnings") if k in row and row[k] != []}
+                           for row in dist.merge_rows(rows, len(xs))]
     if certify is not None:
         cert = run_certification(model, x.to(dev), y.to(dev), eps=eps, norm=norm, method=certify, bounds=bounds,
                                  options=certify_options or {}, progress=progress)

@@ -35,7 +35,9 @@ from tqdm.auto import tqdm
 
 from toughen import threat
 from toughen.attacks import ATTACKS, Attack
+from toughen.attacks.trace import Trace, recording
 from toughen.errors import ToughenUsageError, check_number
+from toughen.evaluation import indicators as ind
 from toughen.evaluation.accuracy import clean_correct, clean_right
 from toughen.evaluation.cascade import Batch, cascade, model_device, per_batch
 from toughen.evaluation.resume import State, fingerprint, pack
@@ -135,6 +137,8 @@ def evaluate(
     amp: str | None = None,
     fast_layout: bool | str = "auto",
     draws: int | None = None,
+    surrogate: nn.Module | None = None,
+    indicators: bool | Iterable[str] = True,
 ) -> dict[str, Any]:
     """Clean and worst-case robust accuracy of ``model`` on (x, y) under a suite of attacks.
 
@@ -158,6 +162,13 @@ def evaluate(
             and each attack's point (default: the suite's own, 10 for "rand", else 1). An example
             counts as correct only if all of them are right (worst of k), so ``clean_accuracy`` and
             ``robust_accuracy`` are worst-of-k numbers, and the result adds the expected ones.
+        surrogate: a model trained on the same data (standard training is best), on the model's
+            device: after the suite, PGD-50 on the surrogate attacks the examples still robust and
+            its points are judged on ``model`` (the attack ``transfer-pgd-50``: what it fools
+            counts, the worst case is kept), for the ``transfer_failure`` indicator.
+        indicators: the indicators of attack failure to compute (:mod:`toughen.evaluation.indicators`):
+            True for all (default), False for none, or some of their names. They cost a per-step
+            trace of pgd and apgd and a PGD-50 on at most 32 examples.
 
     Returns:
         a dict with ``clean_accuracy``, ``robust_accuracy``, ``suite``, ``per_attack`` (a list of
@@ -168,7 +179,11 @@ def evaluate(
         (the mean over examples of the fraction of passes right, at the clean input and at the
         point that decided the example: the attack that fooled it, else the last one), an
         ``expected_robust_accuracy`` in each ``per_attack`` row, and ``expected``, that fraction
-        per example.
+        per example. Always ``warnings``: a ``{"indicator", "attack", "evidence", ...}`` per
+        indicator of attack failure that fired (none for a healthy evaluation), and ``indicators``,
+        the counts behind them. Silent successes are counted only for a deterministic model
+        (``draws`` = 1). A resumed evaluation reads the counts of the batches done from its state
+        file, so its warnings are those of the uninterrupted run.
 
     Example:
         >>> r = toughen.evaluate(model, x, y, suite="quick", eps=0.3)
@@ -176,6 +191,7 @@ def evaluate(
     """
     name, attacks = resolve_suite(suite)
     draws = suite_draws(name, draws)
+    wanted = ind.check_indicators(indicators)
     check_amp(amp)
     threat.check_eps(eps, norm, bounds)
     if len(x) != len(y) or len(x) == 0:
@@ -183,10 +199,13 @@ def evaluate(
     if batch_size < 1:
         raise ToughenUsageError(f"batch_size must be >= 1, got {batch_size}")
     device = model_device(model)
+    if surrogate is not None:
+        ind.check_surrogate(surrogate, model, x)
+    transfer = [ind.Transfer(surrogate)] if surrogate is not None else []  # the last attack
     start = time.perf_counter()
-    labels = [a.label for a in attacks] + ([f"draws={draws}"] if draws > 1 else [])
+    labels = [a.label for a in attacks + transfer] + ([f"draws={draws}"] if draws > 1 else [])
     state = State(Path(state_file) if state_file is not None else None,
-                  lambda: fingerprint(model, x, y, labels, eps, norm, bounds, seed, batch_size))
+                  lambda: fingerprint(model, x, y, labels, eps, norm, bounds, seed, batch_size, surrogate=surrogate))
 
     if draws == 1:
         clean, expected = clean_correct(model, x, y, batch_size), None
@@ -200,7 +219,13 @@ def evaluate(
     # a resumed evaluation goes on in the precision it started with
     precision = state.precision() or choose_precision(model, x[:batch_size].to(device), y[:batch_size].to(device),
                                                       amp=amp, channels_last=fast_layout if x.dim() == 4 else False)
-    attacks = with_amp(attacks, precision.amp)
+    attacks = with_amp(attacks, precision.amp) + transfer
+    short = [short_label(a) if isinstance(a, Attack) else a.label for a in attacks]
+    # The counts behind the warnings, kept (and resumed) with the mask; pgd and apgd report their
+    # steps to the trace, read and cleared after each batch.
+    counts = state.indicators() or ind.new_counts(short, len(attacks) - 1 if transfer else None)
+    kept["indicators"] = counts
+    trace = Trace() if wanted & {"incomplete_optimization", "silent_success"} else None
 
     # The resume file is written from the cascade's callbacks: after every batch, and every attack.
     def on_batch(step: Batch) -> None:
@@ -208,12 +233,15 @@ def evaluate(
         seconds += step.seconds
         if expected is not None:
             kept["expected"] = expected.tolist()
+        if trace is not None:
+            ind.count_batch(counts["attacks"][step.attack], trace, step.still, silent=draws == 1)
+            trace.clear()
         state.save(per_attack=per_attack, robust=pack(robust), attack=step.attack, todo=pack(step.todo),
                    batches_done=step.batch + 1, seconds=seconds, precision=precision.to_dict(), **kept)
 
     def on_attack(a_i: int) -> None:
         nonlocal seconds
-        per_attack.append({"attack": short_label(attacks[a_i]), "robust_accuracy": robust.float().mean().item(),
+        per_attack.append({"attack": short[a_i], "robust_accuracy": robust.float().mean().item(),
                            "seconds": seconds})
         if expected is not None:
             per_attack[-1]["expected_robust_accuracy"] = expected.mean().item()
@@ -221,11 +249,16 @@ def evaluate(
         seconds = 0.0
         state.save(per_attack=per_attack, robust=pack(robust), precision=precision.to_dict(), **kept)
 
-    with channels_last(model, precision.channels_last):
+    with channels_last(model, precision.channels_last), recording(trace):
         cascade(model, x, y, attacks, eps=eps, norm=norm, bounds=bounds, robust=robust, batch_size=batch_size,
                 generators=per_batch(seed, device), start=resume_at, on_batch=on_batch, on_attack=on_attack,
                 progress=progress, draws=draws, expected=expected)
     state.clear()
+    if "unconstrained_failure" in wanted:  # cheap: early-stopped, and on a healthy model over in a few steps
+        counts["unconstrained"] = ind.unconstrained(model, x, y, clean, norm=norm, bounds=bounds, seed=seed,
+                                                    draws=draws)
+    warnings = ind.warnings_of(counts, int(clean.sum()), [round(p["robust_accuracy"] * len(x)) for p in per_attack],
+                               len(x), wanted)
     randomized = {} if expected is None else {
         "draws": draws, "expected_clean_accuracy": right.mean().item(),
         "expected_robust_accuracy": expected.mean().item(), "expected": expected}
@@ -241,6 +274,8 @@ def evaluate(
         "n": len(x),
         "seconds": time.perf_counter() - start,
         "robust": robust,
+        "warnings": warnings,
+        "indicators": counts,
         **randomized,
     }
 
@@ -257,25 +292,33 @@ def evaluate_loader(
     progress: bool = False,
     amp: str | None = None,
     draws: int | None = None,
+    surrogate: nn.Module | None = None,
+    indicators: bool | Iterable[str] = True,
 ) -> dict[str, Any]:
     """:func:`evaluate` over an iterable of (x, y) batches, for data that does not fit in memory.
 
     The cascade is per example, so running it batch by batch gives the same worst case; the
     per-attack accuracies and seconds are summed over batches. Only the bool robust mask (and, with
-    ``draws`` > 1, the per-example ``expected`` fraction) is kept.
+    ``draws`` > 1, the per-example ``expected`` fraction) is kept. The indicators' counts are
+    summed over batches too (the unconstrained attack runs on the first batch only), so the
+    warnings are those of the whole data.
     """
     name, attacks = resolve_suite(suite)
     draws = suite_draws(name, draws)
-    n, clean_hits, masks, seconds = 0, 0, [], [0.0] * len(attacks)
-    after, expected, exp_clean, exp_after = [0] * len(attacks), [], 0.0, [0.0] * len(attacks)
+    wanted = ind.check_indicators(indicators)
+    k = len(attacks) + (surrogate is not None)  # the transfer attack adds a row
+    n, clean_hits, masks, seconds, counts = 0, 0, [], [0.0] * k, []
+    after, expected, exp_clean, exp_after = [0] * k, [], 0.0, [0.0] * k
     start = time.perf_counter()
     for b, (xb, yb) in enumerate(tqdm(loader, desc="batches", disable=not progress, leave=False)):
         r = evaluate(model, xb, yb, suite=attacks, eps=eps, norm=norm, bounds=bounds, seed=stream_seed(seed, b),
-                     batch_size=len(xb), amp=amp, draws=draws)
+                     batch_size=len(xb), amp=amp, draws=draws, surrogate=surrogate,
+                     indicators=wanted if b == 0 else wanted - {"unconstrained_failure"})
         precision = r["precision"]  # chosen per batch; the same choice for batches of one shape
         n += r["n"]
         clean_hits += round(r["clean_accuracy"] * r["n"])
         masks.append(r["robust"])
+        counts.append(r["indicators"])
         for i, row in enumerate(r["per_attack"]):
             after[i] += round(row["robust_accuracy"] * r["n"])
             seconds[i] += row["seconds"]
@@ -286,8 +329,10 @@ def evaluate_loader(
     if n == 0:
         raise ToughenUsageError("the loader yielded no examples")
     robust = torch.cat(masks)
-    per_attack = [{"attack": short_label(a), "robust_accuracy": after[i] / n, "seconds": seconds[i]}
-                  for i, a in enumerate(attacks)]
+    labels = [row["attack"] for row in r["per_attack"]]
+    per_attack = [{"attack": label, "robust_accuracy": after[i] / n, "seconds": seconds[i]}
+                  for i, label in enumerate(labels)]
+    merged = ind.merge_counts(counts)
     randomized = {}
     if draws > 1:
         for i, row in enumerate(per_attack):
@@ -301,7 +346,8 @@ def evaluate_loader(
         "suite": name,
         "per_attack": per_attack,
         "eps": eps, "norm": norm, "amp": precision["amp"], "precision": precision, "n": n,
-        "seconds": time.perf_counter() - start, "robust": robust, **randomized,
+        "seconds": time.perf_counter() - start, "robust": robust,
+        "warnings": ind.warnings_of(merged, clean_hits, after, n, wanted), "indicators": merged, **randomized,
     }
 
 
@@ -319,6 +365,8 @@ def robustness_curve(
     progress: bool = False,
     amp: str | None = None,
     draws: int | None = None,
+    surrogate: nn.Module | None = None,
+    indicators: bool | Iterable[str] = True,
 ) -> list[dict[str, Any]]:
     """Robust accuracy at each eps of ``eps_list`` (sorted ascending), in one call.
 
@@ -327,9 +375,12 @@ def robustness_curve(
     a worst case and cheaper than independent evaluations. Returns one
     ``{"eps", "robust_accuracy", "per_attack", "seconds"}`` per eps (with ``draws`` > 1, as in
     :func:`evaluate`, each row and per_attack row adds ``expected_robust_accuracy``; an example
-    fooled at a smaller eps keeps its expected fraction from there).
+    fooled at a smaller eps keeps its expected fraction from there). Each row has the ``warnings``
+    of the indicators of attack failure at its eps (:func:`evaluate`; the unconstrained attack,
+    which does not depend on eps, runs at the first eps only).
     """
     draws = suite_draws(resolve_suite(suite)[0], draws)
+    wanted = ind.check_indicators(indicators)
     eps_values = sorted(float(e) for e in eps_list)
     if not eps_values:
         raise ToughenUsageError("the eps list is empty; give values such as 0.1,0.2,0.3")
@@ -346,17 +397,20 @@ def robustness_curve(
     for e in eps_values:
         idx = alive.nonzero().squeeze(1)
         if e == 0 or len(idx) == 0:
-            rows.append({"eps": e, "robust_accuracy": alive.float().mean().item(), "per_attack": [], "seconds": 0.0})
+            rows.append({"eps": e, "robust_accuracy": alive.float().mean().item(), "per_attack": [], "seconds": 0.0,
+                         "warnings": []})
             if expected is not None:
                 rows[-1]["expected_robust_accuracy"] = expected.mean().item()
             continue
         r = evaluate(model, x[idx], y[idx], suite=suite, eps=e, norm=norm, bounds=bounds, seed=seed,
-                     batch_size=batch_size, progress=progress, amp=amp, draws=draws)
+                     batch_size=batch_size, progress=progress, amp=amp, draws=draws, surrogate=surrogate,
+                     indicators=wanted)
+        wanted = wanted - {"unconstrained_failure"}
         alive[idx] = r["robust"]
         scale = len(idx) / len(x)
         per_attack = [{**p, "robust_accuracy": p["robust_accuracy"] * scale} for p in r["per_attack"]]
         rows.append({"eps": e, "robust_accuracy": alive.float().mean().item(), "seconds": r["seconds"],
-                     "per_attack": per_attack})
+                     "per_attack": per_attack, "warnings": r["warnings"]})
         if expected is not None:  # the examples not attacked at this eps keep theirs
             others = (expected.sum() - expected[idx].sum()).item() / len(x)
             for p in per_attack:

@@ -39,6 +39,10 @@ def _summary_row(run: RunRecord) -> dict[str, Any]:
     others = [f"after {name}: {_pct(acc)}" for name, acc in (head.per_attack if head else [])]
     others += [f"{r.attack}{' (end of training)' if r.kind == 'train' else ''}: {_pct(r.robust_accuracy)} (n={r.n})"
                for r in run.results_at_training_eps() if r != head]
+    warned = _warnings(run)
+    if warned:
+        others.append(f"warnings of attack failure: {sum(len(e['warnings']) for e in warned['evaluations'])} "
+                      "(see below)")
     cost = s.get("cost_multiplier")
     verdict = str(run.audit.get("verdict", "?")) if run.audit else None
     return {
@@ -81,6 +85,24 @@ def _audit(run: RunRecord) -> dict[str, Any] | None:
                        "evidence": ev if isinstance(ev, str) else json.dumps(ev, default=str)})
     verdict = str(a.get("verdict", "?"))
     return {"name": run.name, "verdict": verdict, "verdict_class": _css_word(verdict), "checks": checks}
+
+
+def _warnings(run: RunRecord) -> dict[str, Any] | None:
+    """The warnings of the indicators of attack failure that the run's evaluations recorded (a
+    suite's own, and those at each eps of its curve), with their evidence, oldest first."""
+    found = []
+    for row in run.evaluations:
+        label = f"{row.get('attack', '?')} at ε = {fmt_number(row.get('eps'))}, n = {row.get('n', '?')}"
+        groups = [(label, row.get("warnings"))]
+        groups += [(f"{label}, curve at ε = {fmt_number(c.get('eps'))}", c.get("warnings"))
+                   for c in row.get("curve") or [] if isinstance(c, dict)]
+        for text, warnings in groups:
+            shown = [{"indicator": str(w.get("indicator", "?")), "attack": str(w.get("attack", "?")),
+                      "evidence": str(w.get("evidence", ""))}
+                     for w in warnings or [] if isinstance(w, dict)]
+            if shown:
+                found.append({"evaluation": f"{text} ({row['time']})" if "time" in row else text, "warnings": shown})
+    return {"name": run.name, "evaluations": found} if found else None
 
 
 def _css_word(text: str) -> str:
@@ -158,6 +180,7 @@ def build_report(
     bracket_rows, radius_lines = _certificates(runs)
     robust_radii = [r for run in runs if (r := _robust_radius(run))]
     audits = [a for run in runs if (a := _audit(run))]
+    attack_warnings = [w for run in runs if (w := _warnings(run))]
     summary_rows = [_summary_row(run) for run in runs]
     context = {
         "title": title or ("toughen report: " + (runs[0].name if len(runs) == 1 else f"{len(runs)} runs")),
@@ -166,6 +189,7 @@ def build_report(
         "any_missing_robust": any(r["robust"] is None for r in summary_rows),
         "show_cost": any(r["cost"] != "—" for r in summary_rows),
         "audits": audits,
+        "attack_warnings": attack_warnings,
         "tradeoff": tradeoff,
         "robustness": robustness,
         "robustness_hint": any(run.results() for run in runs),

@@ -48,7 +48,7 @@ table.compact td.num, table.compact th.num { min-width: 110px; }
 td.word { overflow-wrap: break-word; min-width: 12em; }
 .status-pass, .verdict-pass { background: #d9f2e4; color: #00734d; }
 .status-fail, .verdict-fail, .status-suspicious, .verdict-suspicious { background: #fbe0de; color: #b3261e; }
-.status-warn, .verdict-warn { background: #fff1cc; color: #7a5900; }
+.status-warn, .verdict-warn, .status-skipped { background: #fff1cc; color: #7a5900; }
 ul.events { margin: 2px 0 0; padding-left: 18px; font-size: 12.5px; }
 </style>
 </head>
@@ -214,6 +214,25 @@ stretched so that the largest |δ| shown reaches the ends of the colour scale (r
 <tbody>
 {% for ex in t.examples %}<tr><td class="small">{{ ex.original }}</td><td class="small">{{ ex.adversarial | visible }}</td><td>{{ ex.label }}</td><td><span class="{{ 'bad' if ex.success else 'ok' }}">{{ ex.now }}</span></td><td class="num">{{ ex.edits }}</td></tr>
 {% endfor %}</tbody>
+</table>
+{% endfor %}
+</section>
+{% endif %}
+
+{% if attack_warnings %}
+<section id="warnings">
+<h2>Indicators of attack failure</h2>
+<p class="note">Warnings raised while the runs were evaluated: each says an attack may have failed (Pintor et al. 2022,
+"Indicators of Attack Failure"), with its evidence, and the robust accuracy measured with it may be too high.
+docs/evaluation.md says what to do about each.</p>
+{% for r in attack_warnings %}
+<h3>{{ r.name }}</h3>
+<table>
+<thead><tr><th>Evaluation</th><th>Indicator</th><th>Attack</th><th>Evidence</th></tr></thead>
+<tbody>
+{% for e in r.evaluations %}{% for w in e.warnings %}<tr><td class="small">{{ e.evaluation }}</td><td class="word">{{ w.indicator }}</td><td class="word">{{ w.attack }}</td><td class="small">{{ w.evidence }}</td></tr>
+{% endfor %}{% endfor %}
+</tbody>
 </table>
 {% endfor %}
 </section>
