@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from toughen.data import load_data
 from toughen.models import build_model
@@ -60,3 +61,29 @@ def robust_model(digits):
 @pytest.fixture(scope="session")
 def test_batch(digits):
     return digits.x_test[:200], digits.y_test[:200]
+
+
+# ----------------------------------------------------------------------------- masked models
+# Wrappers that make a model look robust to gradient attacks without being so: the audit's and the
+# indicators' tests check that they are caught.
+
+class Quantized(nn.Module):
+    """Inputs rounded to 4 levels before the model: gradients shattered (zero almost everywhere)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 4) / 4)
+
+
+class Saturated(nn.Module):
+    """Logits times 1e4: the softmax is exactly one-hot and the cross-entropy gradient vanishes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x) * 1e4

@@ -8,34 +8,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from toughen.evaluation.audit import audit, load_factory_model
-from conftest import run_cli
+from conftest import Quantized, Saturated, run_cli
 
 SETTINGS = dict(eps=0.1, steps=10, n_queries=200)
 CHECKS = {"deterministic", "outputs_are_logits", "gradients_finite_nonzero", "single_step_not_stronger",
           "more_iterations_not_weaker", "unbounded_attack_succeeds", "black_box_not_stronger", "silent_success",
           "incomplete_optimization", "transfer_failure", "accuracy_falls_with_eps"}
-
-
-class Quantized(nn.Module):
-    """Inputs rounded to 4 levels before the model: gradients shattered (zero almost everywhere)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(torch.round(x * 4) / 4)
-
-
-class Saturated(nn.Module):
-    """Logits times 1e4: the softmax is exactly one-hot and the cross-entropy gradient vanishes."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x) * 1e4
 
 
 class Randomized(nn.Module):
@@ -86,7 +64,6 @@ def test_a_model_that_returns_probabilities_is_flagged(robust_model, batch):
 
 
 # ----------------------------------------------------------------------------- command line
-
 
 
 FAST = ["--n", "64", "--steps", "10", "--queries", "200", "--json"]

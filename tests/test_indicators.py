@@ -18,35 +18,13 @@ from toughen.errors import ToughenUsageError
 from toughen.evaluation import evaluate_loader
 from toughen.evaluation import indicators as ind
 from toughen.evaluation.audit import audit
-from conftest import run_cli
+from conftest import Quantized, Saturated, run_cli
 
 EPS = 0.1  # the robust fixture's training eps
 # AutoAttack's standard suite at small budgets: APGD-CE, APGD-T, Square
 SMALL_STANDARD = [Attack("apgd", {"steps": 20, "loss": "ce"}),
                   Attack("apgd", {"steps": 20, "loss": "dlr", "n_target_classes": 3}),
                   Attack("square", {"n_queries": 300})]
-
-
-class Quantized(nn.Module):
-    """Inputs rounded to 4 levels: the gradient is zero almost everywhere (shattered)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(torch.round(x * 4) / 4)
-
-
-class Saturated(nn.Module):
-    """Logits times 1e4: a one-hot softmax, so the cross-entropy's gradient vanishes."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x) * 1e4
 
 
 @pytest.fixture(scope="module")
