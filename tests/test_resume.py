@@ -24,6 +24,15 @@ from toughen.train.recipes import RECIPES, StepOutput
 ARGS = ["--data", "digits", "--recipe", "free", "--eps", "0.1", "--epochs", "5", "--batch-size", "32",
         "--free-replays", "2", "--steps", "2", "--guard-every", "10", "--eval-steps", "3", "--seed", "3",
         "--lr-schedule", "cosine", "--json", "--amp", "fp32", "--channels-last"]
+# --awp perturbs and restores the weights within every batch (trades: its loss recomputed on the clean
+# and the adversarial batch), and --ema averages them after each step. (One variant with both: each
+# costs about 30 s here.)
+VARIANTS = {
+    "free": ARGS,
+    "trades-awp-ema": ["--data", "digits", "--recipe", "trades", "--awp", "0.005", "--ema", "0.99", "--eps", "0.1",
+                       "--epochs", "5", "--batch-size", "32", "--steps", "2", "--eval-steps", "3", "--seed", "3",
+                       "--lr-schedule", "cosine", "--json", "--amp", "fp32", "--channels-last"],
+}
 # (precision given, not "auto": the two runs are separate processes, and each would time its own;
 # that a resumed run keeps its recorded choice is tested below)
 SUMMARY_TIMING = ("train_seconds", "step_seconds", "guard_seconds", "val_seconds", "wall_seconds_this_process",
@@ -47,11 +56,13 @@ def _summary(run: Path) -> dict:
     return {k: v for k, v in summary.items() if k not in SUMMARY_TIMING}
 
 
-def test_sigkill_mid_epoch_then_resume_ends_identical(tmp_path):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sigkill_mid_epoch_then_resume_ends_identical(tmp_path, variant):
+    args = VARIANTS[variant]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(_cli("--out", str(whole), *ARGS), check=True, env=_env(), capture_output=True)
+    subprocess.run(_cli("--out", str(whole), *args), check=True, env=_env(), capture_output=True)
 
-    proc = subprocess.Popen(_cli("--out", str(killed), *ARGS), env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cli("--out", str(killed), *args), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -71,9 +82,10 @@ def test_sigkill_mid_epoch_then_resume_ends_identical(tmp_path):
     assert json.loads(out.stdout)["resumed"] is True
     assert _metrics(killed) == _metrics(whole)
     assert _summary(killed) == _summary(whole)
-    for name in ("model.safetensors", "model_last.safetensors"):
+    names = ["model.safetensors", "model_last.safetensors"] + (["model_raw.safetensors"] if "--ema" in args else [])
+    for name in names:
         a, b = load_file(str(whole / name)), load_file(str(killed / name))
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def run_cli(args, capsys):

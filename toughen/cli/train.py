@@ -37,6 +37,9 @@ def train(
                                         "evaluated; model_raw.safetensors keeps the trained weights."),
     ema_warmup: Optional[bool] = typer.Option(None, "--ema-warmup/--no-ema-warmup", help="Warm the EMA's decay up "
                                               "as min(DECAY, (1 + t) / (10 + t)) after t steps (default on)."),
+    awp: Optional[float] = typer.Option(None, "--awp", metavar="GAMMA", help="Adversarial weight perturbation "
+                                        "(pgd, trades, mart): each batch's loss and gradient are taken at weights "
+                                        "moved against it by GAMMA times each layer's norm (e.g. 0.005)."),
     select: Optional[str] = typer.Option(None, help="The run's model: best (validation robust accuracy, default) "
                                          "or last epoch."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation epoch."),
@@ -87,7 +90,7 @@ def train(
         eps_warmup=eps_warmup, weight_decay=weight_decay, val_size=val_size, eval_steps=eval_steps, seed=seed,
         channels_last=channels_last, grad_clip=grad_clip, select=select, patience=patience, guard=guard, guard_every=guard_every,
         guard_fallback=guard_fallback, crop_pad=crop_pad, flip=flip, compile=compile_model, ema=ema,
-        ema_warmup=ema_warmup,
+        ema_warmup=ema_warmup, awp=awp,
     ))
     values.update(recipe_values(recipe_flags))
     if amp is not None:

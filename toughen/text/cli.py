@@ -20,7 +20,7 @@ from toughen.errors import ToughenUsageError
 
 
 # TrainConfig flags that mean nothing for text; passing one is an error, not a silent no-op
-_IMAGE_ONLY = ("data_dir", "eps_warmup", "eval_steps", "amp", "channels_last")
+_IMAGE_ONLY = ("data_dir", "eps_warmup", "eval_steps", "amp", "channels_last", "awp")
 
 
 def train_command(values: dict[str, Any], out_dir: Path, *, overwrite: bool, json_out: bool, device: str) -> dict:

@@ -136,6 +136,7 @@ def train(
             "precision": precision.to_dict(),
             "resumed": resume,
             **({"ema": cfg.ema} if cfg.ema else {}),  # the decay of the average that is the model above
+            **({"awp": cfg.awp} if cfg.awp else {}),  # the adversarial weight perturbation's gamma
             "world_size": dist.world_size,
             "wall_seconds_this_process": wall_seconds,
         }

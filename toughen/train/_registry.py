@@ -143,6 +143,9 @@ class StepOutput:
     clean_logits: torch.Tensor | None = None  # for the running train clean accuracy
     adv_logits: torch.Tensor | None = None  # for the running train robust accuracy
     updated: bool = False  # the recipe took its optimizer step(s) itself through ctx.update
+    # The same loss on the same attack points, computed again with the model's weights as they are
+    # when it is called: what --awp trains on after perturbing the weights (toughen.train.awp).
+    recompute: Callable[[], torch.Tensor] | None = None
 
 
 Recipe = Callable[[nn.Module, torch.Tensor, torch.Tensor, RecipeContext], StepOutput]
@@ -160,18 +163,21 @@ class RecipeTraits:
         (toughen.train.guard) watches it.
     per_example: it keeps one perturbation per training example between epochs (in ctx.state),
         so it cannot take random crops, flips or torchrun.
+    awp: its StepOutput carries ``recompute``, so ``--awp`` (adversarial weight perturbation,
+        toughen.train.awp) can perturb the weights against its loss and train at them.
     """
 
     parameters: tuple[str, ...] = ()
     single_step: bool = False
     per_example: bool = False
+    awp: bool = False
 
 
 TRAITS: dict[str, RecipeTraits] = {}
 
 
 def register_recipe(name: str, *, params: type | None = None, single_step: bool = False,
-                    per_example: bool = False) -> Callable[[Recipe], Recipe]:
+                    per_example: bool = False, awp: bool = False) -> Callable[[Recipe], Recipe]:
     """Register a recipe under ``name``, with the dataclass of its own parameters (``params``,
     fields made with :func:`param`) and its traits (:class:`RecipeTraits`), in one place. Two
     recipes may share a parameter (trades and mart read beta) if they declare it alike."""
@@ -188,7 +194,7 @@ def register_recipe(name: str, *, params: type | None = None, single_step: bool 
         for p in found:
             known = PARAMETERS.get(p.name)
             PARAMETERS[p.name] = dataclasses.replace(p, recipes=(known.recipes if known else ()) + (name,))
-        TRAITS[name] = RecipeTraits(tuple(p.name for p in found), single_step, per_example)
+        TRAITS[name] = RecipeTraits(tuple(p.name for p in found), single_step, per_example, awp)
         return fn
 
     return register
@@ -215,6 +221,11 @@ def traits(recipe: str) -> RecipeTraits:
 
 def list_recipes() -> list[str]:
     return RECIPES.names()
+
+
+def awp_recipes() -> list[str]:
+    """The registered recipes that ``--awp`` applies to (trait ``awp``)."""
+    return [name for name in RECIPES.names() if traits(name).awp]
 
 
 def recipe_parameters(recipe: str) -> tuple[str, ...]:

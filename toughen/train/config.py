@@ -11,7 +11,7 @@ from toughen.data import DATASETS
 from toughen.errors import ToughenUsageError, check_number
 from toughen.models import MODELS
 from toughen.precision import check_amp, check_channels_last
-from toughen.train._registry import RECIPES, declared_parameters, traits
+from toughen.train._registry import RECIPES, awp_recipes, declared_parameters, traits
 
 OPTIMIZERS = ("sgd", "adam")
 # Every numeric field: its range (toughen.errors.check_number), checked before anything is
@@ -29,6 +29,8 @@ NUMBERS: dict[str, dict[str, Any]] = {
     "guard_every": dict(low=0, whole=True), "guard_n": dict(low=1, whole=True), "guard_steps": dict(low=1, whole=True),
     "guard_ratio": dict(low=0, high=1, above=True), "eval_n": dict(low=1, whole=True, optional=True),
     "ema": dict(low=0, high=1, optional=True),
+    # gamma: 0.005-0.01 in the paper; a tenth of every layer's norm would be far past any useful size
+    "awp": dict(low=0, high=0.1, optional=True),
 }
 LR_SCHEDULES = ("constant", "onecycle", "cosine", "piecewise")
 SELECT_MODES = ("best", "last")
@@ -77,6 +79,9 @@ class TrainConfig:
     # model validated, selected, saved and evaluated; model_raw.safetensors keeps the trained weights
     ema: float | None = None
     ema_warmup: bool = True  # decay_t = min(ema, (1 + t) / (10 + t)) after t steps
+    # adversarial weight perturbation (toughen.train.awp; pgd, trades, mart): gamma, each weight tensor's
+    # move relative to its norm, e.g. 0.005; None or 0: off
+    awp: float | None = None
     # model selection and early stopping, on the validation split's robust accuracy
     select: str = "best"  # "best": the run's model is the best validation epoch; "last": the final one
     patience: int | None = None  # stop after this many epochs without a better validation epoch
@@ -210,6 +215,11 @@ class TrainConfig:
         if self.select not in SELECT_MODES:
             raise ToughenUsageError(f"unknown select {self.select!r}; choose one of: {', '.join(SELECT_MODES)}")
         RECIPES.get(self.guard_fallback)
+        if self.awp and not traits(self.recipe).awp:
+            names = awp_recipes()
+            listed = " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+            raise ToughenUsageError(f"--awp applies to {listed}; recipe {self.recipe} does not support it "
+                                    "(docs/training.md, \"Adversarial weight perturbation\")")
 
     def to_dict(self) -> dict[str, Any]:
         """The flat mapping written as config.yaml: fields and recipe parameters side by side."""

@@ -2,8 +2,9 @@
 
     for each epoch:
         for each batch:   lr and eps from the schedules; the recipe's loss (its attack inside);
-                          update (or the recipe's own updates); the guard's probe every
-                          guard_every batches
+                          with --awp the weights perturbed against it and its loss again there
+                          (toughen.train.awp); update (or the recipe's own updates); the guard's
+                          probe every guard_every batches
         guard probe (single-step recipes), validation, best-epoch selection, metrics row,
         checkpoint; early stop after `patience` epochs without a better one
 
@@ -38,6 +39,7 @@ from toughen.train.config import TrainConfig
 from toughen.train.cost import PassCounter
 from toughen.train.ema import applied
 from toughen.train.epoch import EpochTally, Selection, metrics_row, probe_guard, recipe_in_use, row_recipe
+from toughen.train.recipes import traits
 from toughen.train.schedules import eps_at, lr_factor
 from toughen.train.state import TrainingState
 
@@ -186,8 +188,12 @@ def fit(
                 ctx.index = idx.to(device)
                 with autocast(cfg, device):
                     out = recipe.run(state.step_model, x, y, ctx)
+                    loss = out.loss
+                    if state.awp is not None and traits(recipe.name).awp and not out.updated:  # w + v until update()
+                        state.awp.perturb(update.scaled(out.loss))
+                        loss = out.recompute()
                 if not out.updated:
-                    update(out.loss)
+                    update(loss)
                 tally.count(out, y)
                 bar.set_postfix(loss=f"{tally.loss_sum / ((b + 1) * cfg.batch_size):.3f}", eps=f"{ctx.eps:.3f}")
                 if guard.active and cfg.guard_every and (b + 1) % cfg.guard_every == 0 and b + 1 < batches_per_epoch:
@@ -273,14 +279,15 @@ class OptimizerStep:
         if dist.enabled:
             bad = dist.any(bad, state.device)  # every rank stops, or none: a lone rank would leave the others waiting
         if bad:
+            if state.awp is not None:
+                state.awp.restore()
             raise TrainingDiverged(diverged_message(loss.item(), self.epoch, self.batch, self.updates, cfg,
                                                     self.run_dir))
         self.updates += 1
         state.optimizer.zero_grad(set_to_none=True)
-        # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
-        # global batch makes that average the gradient of the global mean loss even when the last
-        # batch does not split evenly.
-        state.scaler.scale(loss * self.grad_weight if self.grad_weight != 1.0 else loss).backward()
+        self.scaled(loss).backward()
+        if state.awp is not None:  # --awp: the gradient is w + v's, the step is taken from w (bit for bit)
+            state.awp.restore()
         if cfg.grad_clip is not None:
             state.scaler.unscale_(state.optimizer)  # clip the true gradient, not the fp16-scaled one
             nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
@@ -288,6 +295,13 @@ class OptimizerStep:
         state.scaler.update()
         if state.ema is not None:
             state.ema.update(state.model)
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` as it is differentiated: weighted by this rank's share and scaled for fp16."""
+        # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
+        # global batch makes that average the gradient of the global mean loss even when the last
+        # batch does not split evenly.
+        return self.state.scaler.scale(loss * self.grad_weight if self.grad_weight != 1.0 else loss)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:

@@ -13,6 +13,8 @@ A recipe returns the loss and the loop takes the optimizer step, except for a re
 needs what happens around it (``free`` takes several steps per batch, ``atta_free`` reads the
 input's gradient from the training backward): it calls ``ctx.update(loss)`` (backward, clip,
 optimizer step; the loop supplies it) itself and returns ``StepOutput(..., updated=True)``.
+pgd, trades and mart also return ``StepOutput.recompute``, their loss on the same attack points
+at whatever weights the model then holds, which ``--awp`` (:mod:`toughen.train.awp`) trains on.
 The single-step recipes (fgsm, fgsm_rs, nfgsm, gradalign, free, atta, atta_free) live in
 :mod:`toughen.train.single_step`.
 """
@@ -40,13 +42,14 @@ def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCont
     return StepOutput(F.cross_entropy(logits, y), clean_logits=logits)
 
 
-@register_recipe("pgd")
+@register_recipe("pgd", awp=True)
 def madry(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """Madry et al. (2018): min_theta E[max_{||delta|| <= eps} L(f(x + delta), y)], the inner
     max approximated by PGD; the model is trained on adversarial inputs only."""
     x_adv = ctx.attack(model, x, y)
     logits_adv = model(x_adv)
-    return StepOutput(F.cross_entropy(logits_adv, y), adv_logits=logits_adv)
+    return StepOutput(F.cross_entropy(logits_adv, y), adv_logits=logits_adv,
+                      recompute=lambda: F.cross_entropy(model(x_adv), y))
 
 
 @dataclass(frozen=True)
@@ -70,18 +73,24 @@ class BetaParams:
     beta: float = param(6.0, "Weight of the robustness term.", low=0)
 
 
-@register_recipe("trades", params=BetaParams)
+@register_recipe("trades", params=BetaParams, awp=True)
 def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """TRADES (Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
     Accuracy"): min CE(f(x), y) + beta * KL(f(x) || f(x')), where x' maximizes the same KL
     inside the eps-ball, found by PGD from x + 0.001 * N(0, I)."""
+    beta = ctx.params_for(BetaParams).beta
     logits = model(x)
     p_clean = F.softmax(logits.detach(), dim=1)
     x_adv = kl_ascent(model, x, p_clean, ctx)
     logits_adv = model(x_adv)
+    return StepOutput(trades_loss(logits, logits_adv, y, beta), clean_logits=logits, adv_logits=logits_adv,
+                      recompute=lambda: trades_loss(model(x), model(x_adv), y, beta))
+
+
+def trades_loss(logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """CE(f(x), y) + beta * KL(f(x) || f(x')), from the clean and the adversarial logits."""
     robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
-    loss = F.cross_entropy(logits, y) + ctx.params_for(BetaParams).beta * robust
-    return StepOutput(loss, clean_logits=logits, adv_logits=logits_adv)
+    return F.cross_entropy(logits, y) + beta * robust
 
 
 def kl_ascent(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, ctx: RecipeContext) -> torch.Tensor:
@@ -104,23 +113,30 @@ def kl_ascent(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, ctx: Rec
     return (x + delta).detach()
 
 
-@register_recipe("mart", params=BetaParams)
+@register_recipe("mart", params=BetaParams, awp=True)
 def mart(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """MART (Wang et al. 2020, "Improving Adversarial Robustness Requires Revisiting
     Misclassified Examples"): a boosted CE on the PGD example,
     BCE = CE(f(x'), y) - log(1 - max_{k != y} p_k(x')), plus
     beta * KL(f(x) || f(x')) * (1 - p_y(x)), which weighs the misclassified clean examples most."""
+    beta = ctx.params_for(BetaParams).beta
     x_adv = ctx.attack(model, x, y)
-    logits = model(torch.cat([x, x_adv]))
+    both = torch.cat([x, x_adv])
+    logits = model(both)
     clean, adv = logits[: len(x)], logits[len(x) :]
+    return StepOutput(mart_loss(clean, adv, y, beta), clean_logits=clean, adv_logits=adv,
+                      recompute=lambda: mart_loss(*model(both).split(len(x)), y, beta))
+
+
+def mart_loss(clean: torch.Tensor, adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+    """MART's loss from the clean and the adversarial logits."""
     p_adv, p_clean = F.softmax(adv, dim=1), F.softmax(clean, dim=1)
     # the most likely wrong class of each adversarial example
     wrong = p_adv.scatter(1, y[:, None], float("-inf")).argmax(dim=1)
     bce = F.cross_entropy(adv, y) + F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), wrong)
     kl = (p_clean * (torch.log(p_clean + 1e-12) - torch.log(p_adv + 1e-12))).sum(dim=1)
     p_true = p_clean.gather(1, y[:, None]).squeeze(1)
-    loss = bce + ctx.params_for(BetaParams).beta * (kl * (1.0000001 - p_true)).mean()
-    return StepOutput(loss, clean_logits=clean, adv_logits=adv)
+    return bce + beta * (kl * (1.0000001 - p_true)).mean()
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from toughen.data.augment import crop_flip
 from toughen.errors import ToughenUsageError
 from toughen.runs import save_weights
 from toughen.runtime import Dist, stream_seed
+from toughen.train.awp import AWP
 from toughen.train.checkpoint import restore_rng, rng_state, save_checkpoint
 from toughen.train.config import TrainConfig
 from toughen.train.ema import EMA, applied
@@ -41,6 +42,8 @@ class TrainingState:
     attack_gen: torch.Generator  # attacks' random starts and the augmentation: each rank its own
     memory_format: torch.memory_format
     ema: EMA | None = None  # the average of the weights (--ema), updated after every optimizer step
+    # adversarial weight perturbation (--awp): made after the recipe's loss, undone before the optimizer step
+    awp: AWP | None = None
 
     @classmethod
     def create(cls, model: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, cfg: TrainConfig,
@@ -71,8 +74,9 @@ class TrainingState:
             params=dict(cfg.recipe_params), generator=attack_gen, train_size=len(splits.x_train),
         )
         ema = EMA(model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
+        awp = AWP(model, cfg.awp, dist) if cfg.awp else None
         return cls(cfg, dist, splits, model, step_model, optimizer, scaler, guard, ctx, shuffle_gen, attack_gen,
-                   memory_format, ema)
+                   memory_format, ema, awp)
 
     @property
     def device(self) -> torch.device:
