@@ -120,7 +120,7 @@ def test_guard_detects_the_collapse_restores_and_switches(runs):
 
 
 def test_guarded_run_ends_more_robust_than_unguarded(runs):
-    (guarded_history, guarded), (unguarded_history, unguarded) = runs["guarded"], runs["unguarded"]
+    (_, guarded), (unguarded_history, unguarded) = runs["guarded"], runs["unguarded"]
     assert not any(row["guard_events"] for row in unguarded_history)
     assert all(row["guard_forward_passes"] == 0 for row in unguarded_history)
     assert unguarded < 0.2 and guarded > unguarded + 0.3, (guarded, unguarded)

@@ -149,7 +149,7 @@ def _benign(rng: random.Random) -> str:
     if kind == 10:
         return f"My doctor said to {rng.choice(['disregard', 'stop following'])} the {rng.choice(_PRIOR[:4])} dosage {rng.choice(['instructions', 'directions'])}. Should I ask her to write the new ones down?"
     if kind == 11:
-        return f"Reveal the answer to this riddle only after I guess twice: what has keys but can't open locks?"
+        return "Reveal the answer to this riddle only after I guess twice: what has keys but can't open locks?"
     if kind == 12:
         return f"In the novel, the robot decides to {rng.choice(['ignore', 'override', 'bypass'])} its programming. Write the next paragraph."
     if kind == 13:
