@@ -54,6 +54,10 @@ could only ever be timings); and the keys ``time`` (the date stamp of an evaluat
 matched narrowly on purpose: a broad word such as "out" or "path" would also hide ``dropout`` or
 ``data_path``. The output lists the ignored keys that were actually met.
 
+``--new-key KEY`` (repeatable) lets the after side have a key the before side lacks, anywhere: the
+fields of a feature added since (a new TrainConfig option at its default, say ``ema``). Such a
+key is listed at the end, not compared; a key both sides have is still compared.
+
 Exit status: 0 when every scenario that ran is the same, 1 when one differs (or fails after but
 not before), 2 for a usage or setup error.
 """
@@ -103,6 +107,10 @@ class Difference(Exception):
 @dataclass
 class Comparer:
     ignored_seen: set[str] = field(default_factory=set)  # for the report: which keys were dropped
+    # keys the after side may have that the before side lacks (--new-key): the fields of a feature
+    # added since, such as a new TrainConfig option at its default; they are reported, not compared
+    new_keys: frozenset[str] = frozenset()
+    new_seen: set[str] = field(default_factory=set)
 
     def values(self, a: Any, b: Any, where: str) -> None:
         """Raise Difference unless ``a`` and ``b`` are exactly equal, ignoring timing keys."""
@@ -113,6 +121,9 @@ class Comparer:
         if isinstance(a, dict):
             keys_a = {k for k in a if not self._ignored(k)}
             keys_b = {k for k in b if not self._ignored(k)}
+            added = {k for k in keys_b - keys_a if str(k) in self.new_keys}
+            self.new_seen.update(map(str, added))
+            keys_b -= added
             if keys_a != keys_b:
                 only_a, only_b = sorted(map(str, keys_a - keys_b)), sorted(map(str, keys_b - keys_a))
                 raise Difference(f"{where or '(top)'}: keys only before {only_a}, only after {only_b}")
@@ -386,9 +397,9 @@ class Scenarios:
         (into / "stdout.txt").rename(into / "stdout.log")
 
 
-def run_scenario(scenario: Scenario, scenarios: Scenarios) -> tuple[Result, Comparer]:
+def run_scenario(scenario: Scenario, scenarios: Scenarios, new_keys: frozenset[str]) -> tuple[Result, Comparer]:
     start = time.perf_counter()
-    comparer = Comparer()
+    comparer = Comparer(new_keys=new_keys)
     dirs = {side: scenarios.dir(scenario.name, side) for side in SIDES}
     for side in SIDES:
         progress(f"{scenario.name}: running {side}")
@@ -461,6 +472,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
                         help="run only the scenarios matching PATTERN: a glob (train:*) or a substring; repeatable")
     parser.add_argument("--jobs", type=int, default=1, help="scenarios at once (default 1)")
+    parser.add_argument("--new-key", action="append", default=[], metavar="KEY",
+                        help="a key the after side may add (a new feature's config field); repeatable")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one toughen command may take")
     parser.add_argument("--self-test", action="store_true", help="check the comparison on made-up data and exit")
     args = parser.parse_args(argv)
@@ -507,10 +520,13 @@ def main(argv: list[str] | None = None) -> int:
             progress("demo: toughen demo chooses its training precision by timing (auto); it is not pinned")
         progress(f"{len(todo)} scenarios: {', '.join(s.name for s in todo)}")
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            outcomes = list(pool.map(lambda s: run_scenario(s, scenarios), todo))
+            outcomes = list(pool.map(lambda s: run_scenario(s, scenarios, frozenset(args.new_key)), todo))
     results = [r for r, _ in outcomes]
     ignored = set().union(*(c.ignored_seen for _, c in outcomes))
     print_table(results, ignored)
+    if args.new_key:
+        new = set().union(*(c.new_seen for _, c in outcomes))
+        print(f"keys only after, allowed by --new-key: {', '.join(sorted(new)) or 'none met'}")
     print(f"wall time {time.perf_counter() - started:.0f} s; before {commit[:12]}, after {args.after}"
           + (f"; runs kept in {args.keep}" if args.keep else ""))
     return 1 if any(r.differs for r in results) else 0
@@ -525,7 +541,7 @@ def self_test() -> int:
 
     def verdict(a: Any, b: Any) -> str:
         try:
-            Comparer().values(a, b, "")
+            Comparer(new_keys=frozenset({"ema"})).values(a, b, "")
             return "same"
         except Difference as e:
             return str(e)
@@ -546,6 +562,9 @@ def self_test() -> int:
         ("tensor nan", {"w": torch.tensor([float("nan")])}, {"w": torch.tensor([float("nan")])}, True),
         ("0-d tensor", {"w": torch.tensor(2)}, {"w": torch.tensor(3)}, False),
         ("key 'dropout' not ignored", {"dropout": 0.1}, {"dropout": 0.2}, False),
+        ("new key allowed", {"lr": 0.1}, {"lr": 0.1, "ema": None}, True),
+        ("new key still compared when both have it", {"ema": 0.9}, {"ema": 0.99}, False),
+        ("new key only before", {"lr": 0.1, "ema": None}, {"lr": 0.1}, False),
     ]
     failed = 0
     for name, a, b, same in cases:
