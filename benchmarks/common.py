@@ -10,6 +10,7 @@ evenly, and the median of each contender's repetitions drops the outliers.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import fcntl
 import json
@@ -172,6 +173,45 @@ def machine_line(info: dict[str, Any]) -> str:
         f"torch {info['torch']}, toughen {info['toughen']} (git {info['git_revision']}){', ' + peers if peers else ''}."
         f"\nCommand: `{info['command']}`"
     )
+
+
+# ---------------------------------------------------------------- against a reference checkout
+# fab_reference.py, eot_reference.py and standard_reference.py run toughen beside fra31/auto-attack
+# imported from a directory the user gives (never shipped), on the first N test examples of a run.
+
+
+def reference_parser(description: str, *, run: str, n: int) -> argparse.ArgumentParser:
+    """The arguments every reference comparison takes: --autoattack-dir, --run, --n, --eps, --out."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--autoattack-dir", required=True, help="directory holding the autoattack package")
+    p.add_argument("--run", default=run, help="a toughen run directory (its model and dataset)")
+    p.add_argument("--n", type=int, default=n, help="the first N test examples")
+    p.add_argument("--eps", type=float, default=0.3)
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    return p
+
+
+def reference_setup(args: argparse.Namespace, threads: int = 1):
+    """The same torch thread count for every contender, the reference importable from
+    --autoattack-dir, and (model in eval mode, x, y): the run's model and its first --n test examples."""
+    import torch  # the benchmark scripts' shared plumbing stays importable without torch
+
+    from toughen.data import load_data
+    from toughen.runs import load, read_config
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(Path(args.autoattack_dir).resolve()))
+    model = load(args.run).eval()
+    splits = load_data(read_config(Path(args.run))["train"]["data"])
+    return model, splits.x_test[: args.n], splits.y_test[: args.n]
+
+
+def print_result(result: dict[str, Any], out: str | None) -> None:
+    """Print the comparison as one JSON object, and write it to ``out`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
 
 
 # ---------------------------------------------------------------- output

@@ -22,19 +22,15 @@ Prints one JSON object (and writes it to --out when given).
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import toughen
-from toughen.data import load_data
 from toughen.evaluation.cascade import right_in_draws
-from toughen.runs import load, read_config
+
+import common  # benchmarks/common.py: the script's directory is first on sys.path
 
 
 class InputNoise(nn.Module):
@@ -55,24 +51,14 @@ def _judged(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, draws: int) 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--autoattack-dir", required=True, help="directory holding the autoattack package")
-    p.add_argument("--run", default="/tmp/eot/pgd6", help="a toughen run directory (its model and dataset)")
-    p.add_argument("--n", type=int, default=100, help="the first N test examples")
-    p.add_argument("--eps", type=float, default=0.3)
+    p = common.reference_parser(__doc__.split("\n\n")[0], run="/tmp/eot/pgd6", n=100)
     p.add_argument("--sigma", type=float, default=0.1, help="the std of the input noise")
     p.add_argument("--draws", type=int, default=10, help="forward passes that judge a point (toughen's k)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", choices=("toughen", "reference"), default=["toughen", "reference"])
-    p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args()
 
-    torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(args.autoattack_dir).resolve()))
-
-    base = load(args.run).eval()
-    splits = load_data(read_config(Path(args.run))["train"]["data"])
-    x, y = splits.x_test[: args.n], splits.y_test[: args.n]
+    base, x, y = common.reference_setup(args)
     result = {"run": args.run, "n": len(x), "eps": args.eps, "sigma": args.sigma, "draws": args.draws,
               "seed": args.seed}
     with torch.no_grad():
@@ -104,10 +90,7 @@ def main() -> None:
             "its_points_judged_over_draws": _judged(InputNoise(base, args.sigma, args.seed + 2), x_adv, y, args.draws),
             "seconds": seconds}
 
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    common.print_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,13 @@ Prints one JSON object (and writes it to --out when given).
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from toughen.attacks.fab import fab, fab_minimal
-from toughen.data import load_data
-from toughen.runs import load, read_config
+
+import common  # benchmarks/common.py: the script's directory is first on sys.path
 
 
 def _norms(t: torch.Tensor, norm: str) -> torch.Tensor:
@@ -68,27 +64,17 @@ def _median(r: torch.Tensor) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--autoattack-dir", required=True, help="directory holding the autoattack package")
-    p.add_argument("--run", default="/tmp/fabref/pgd6", help="a toughen run directory (its model and dataset)")
-    p.add_argument("--n", type=int, default=100, help="the first N test examples")
-    p.add_argument("--eps", type=float, default=0.3)
+    p = common.reference_parser(__doc__.split("\n\n")[0], run="/tmp/fabref/pgd6", n=100)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--n-target-classes", type=int, default=9)
     p.add_argument("--only", nargs="+", choices=MODES, default=list(MODES),
                    help="a subset of the comparisons (each takes minutes on one CPU thread)")
-    p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args()
 
-    torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(args.autoattack_dir).resolve()))
-    # the reference, from the given directory
-    from autoattack.fab_pt import FABAttack_PT
+    model, x, y = common.reference_setup(args)
+    from autoattack.fab_pt import FABAttack_PT  # the reference, from --autoattack-dir
 
-    model = load(args.run).eval()
-    splits = load_data(read_config(Path(args.run))["train"]["data"])
-    x, y = splits.x_test[: args.n], splits.y_test[: args.n]
     with torch.no_grad():
         clean = round(float((model(x).argmax(1) == y).float().mean()), 4)
     result = {"run": args.run, "n": len(x), "eps": args.eps, "steps": args.steps, "restarts": args.restarts,
@@ -123,10 +109,7 @@ def main() -> None:
             "seconds": {"toughen": t_ours, "reference": t_ref},
         }
 
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    common.print_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,7 @@ Prints one JSON object (and writes it to --out when given).
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +31,8 @@ from pathlib import Path
 import torch
 
 import toughen
-from toughen.data import load_data
-from toughen.runs import load, read_config
+
+import common  # benchmarks/common.py: the script's directory is first on sys.path
 
 _AFTER = re.compile(r"robust accuracy after (\S+): ([\d.]+)% \(total time ([\d.]+) s\)")
 
@@ -80,23 +77,14 @@ def _reference(model, x, y, eps: float, norm: str, seed: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--autoattack-dir", required=True, help="directory holding the autoattack package")
-    p.add_argument("--run", default="/tmp/fabref/pgd6", help="a toughen run directory (its model and dataset)")
-    p.add_argument("--n", type=int, default=200, help="the first N test examples")
-    p.add_argument("--eps", type=float, default=0.3)
+    p = common.reference_parser(__doc__.split("\n\n")[0], run="/tmp/fabref/pgd6", n=200)
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads, the same for every contender")
     p.add_argument("--only", nargs="+", choices=("reference", "fp32", "auto"), default=["reference", "fp32", "auto"])
-    p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args()
 
-    torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(args.autoattack_dir).resolve()))
-    model = load(args.run).eval()
-    splits = load_data(read_config(Path(args.run))["train"]["data"])
-    x, y = splits.x_test[: args.n], splits.y_test[: args.n]
+    model, x, y = common.reference_setup(args, threads=args.threads)
     result = {"run": args.run, "n": len(x), "eps": args.eps, "norm": args.norm, "threads": args.threads,
               "cpu_has_amx": bool(torch.cpu._is_amx_tile_supported())}
     if "reference" in args.only:
@@ -112,10 +100,7 @@ def main() -> None:
                 result[side]["time_vs_reference"] = round(result[side]["seconds"] / ref["seconds"], 2)
                 result[side]["points_vs_reference"] = round(
                     100 * (result[side]["robust_accuracy"] - ref["robust_accuracy"]), 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    common.print_result(result, args.out)
 
 
 if __name__ == "__main__":
