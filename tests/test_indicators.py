@@ -109,10 +109,12 @@ def test_incomplete_optimization_fires_on_a_starved_attack_only(robust_model, ba
 
 def test_masked_gradients_fire_attack_order_and_unconstrained_and_the_audit_flags_them(robust_model, batch):
     masked = Quantized(robust_model)
-    suite = [Attack("pgd", {"steps": 10, "early_stop": True}), Attack("square", {"n_queries": 300})]
+    # Square at 1,000 queries fools 6 of the 64 (5 under ONEDNN_MAX_CPU_ISA=AVX2) against the
+    # threshold of 4; at 300 queries it fooled 5 here but only 3 under AVX2.
+    suite = [Attack("pgd", {"steps": 10, "early_stop": True}), Attack("square", {"n_queries": 1000})]
     r = toughen.evaluate(masked, *batch, suite=suite, eps=EPS)
     (order,) = _fired(r, "attack_order")
-    assert order["attack"] == "pgd-10-ce" and order["later"] == "square-300"
+    assert order["attack"] == "pgd-10-ce" and order["later"] == "square-1000"
     assert order["later_fooled"] >= ind.MIN_COUNT and r["per_attack"][0]["robust_accuracy"] == r["clean_accuracy"]
     (unc,) = _fired(r, "unconstrained_failure")
     assert 0 < unc["robust"] <= unc["n"] == ind.UNCONSTRAINED_N
