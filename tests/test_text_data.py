@@ -8,7 +8,7 @@ import torch
 
 from toughen.errors import ToughenUsageError
 from toughen.text.data import is_text_data, load_text_data
-from toughen.text.injection import KEYWORDS, generate, keyword_filter
+from toughen.text.injection import BENIGN, FAMILIES, KEYWORDS, generate, generate_tagged, keyword_filter
 from toughen.text.tokenize import clip, encode_bytes, encode_hashed_words, to_bytes
 
 def keyword_accuracy(texts, y):
@@ -30,6 +30,41 @@ def test_prompt_injection_splits_are_disjoint_and_stratified():
     assert not set(s.x_test) & (set(s.x_train) | set(s.x_val))
     for y in (s.y_train, s.y_val, s.y_test):
         assert y.dtype == torch.long and 0.4 < y.float().mean().item() < 0.6
+
+
+def test_families_tag_every_text_without_changing_the_set():
+    texts, labels, families = generate_tagged(600, seed=2)
+    assert (texts, labels) == generate(600, seed=2)  # tagging leaves the random stream as it was
+    assert all((f == BENIGN) == (y == 0) for f, y in zip(families, labels))
+    assert set(families) == {BENIGN, *FAMILIES}
+    # the tags describe the texts: an indirect injection carries content the user asked about
+    indirect = [t for t, f in zip(texts, families) if f == "indirect"]
+    assert all(t.lower().startswith(("summarize this review", "translate to", "here is the email")) for t in indirect)
+    assert all("game" in t.lower() for t, f in zip(texts, families) if f == "game")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_holdout_family_is_absent_from_training_and_alone_in_the_test_split(family):
+    full = load_text_data("prompt_injection")
+    s = load_text_data("prompt_injection", holdout_family=family)
+    assert s.holdout_family == family
+    assert family not in s.family_train and family not in s.family_val
+    assert set(s.family_test) == {BENIGN, family}
+    # every text of the family is tested (from the whole set), beside the usual benign test texts
+    n_family = sum(f == family for f in full.family_train + full.family_val + full.family_test)
+    assert s.family_test.count(family) == n_family
+    assert s.family_test.count(BENIGN) == full.family_test.count(BENIGN)
+    assert not set(s.x_test) & (set(s.x_train) | set(s.x_val))
+    assert all((f == BENIGN) == (y == 0) for f, y in zip(s.family_test, s.y_test.tolist()))
+
+
+def test_holdout_family_errors_say_what_to_do(tmp_path):
+    with pytest.raises(ToughenUsageError, match="choose one of"):
+        load_text_data("prompt_injection", holdout_family="roleplay")
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(40)))
+    with pytest.raises(ToughenUsageError, match="does not tag"):
+        load_text_data(f"csv:{path}", holdout_family="game")
 
 
 def test_a_keyword_list_does_not_solve_it():

@@ -163,3 +163,26 @@ def test_text_audit_flags_randomized_and_probability_outputs(standard_run):
         report = audit_text(_Wrapped(base, post).eval(), texts, y, budget=1)
         status = {c["name"]: c["status"] for c in report["checks"]}
         assert report["verdict"] == "suspicious" and status[check] == "suspicious", (check, status)
+
+
+def test_cli_holdout_family_trains_without_it_and_reports_per_family(tmp_path, capsys):
+    run = tmp_path / "held"
+    code, out, err = run_cli(["train", "--data", "prompt_injection", "--model", "char_cnn", "--recipe", "standard",
+                              "--epochs", "1", "--holdout-family", "game", "--out", str(run), "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["holdout_family"] == "game" and set(summary["per_family"]) == {"benign", "game"}
+    code, out, err = run_cli(["eval", str(run), "--attack", "char_obfuscate", "--budget", "1", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    fam = result["per_family"]
+    assert result["holdout_family"] == "game" and fam["game"]["n"] == 86 and fam["benign"]["n"] == result["n"] - 86
+    for r in fam.values():
+        assert 0 <= r["robust_accuracy"] <= r["clean_accuracy"] <= 1
+    from toughen.report import build_report
+
+    html = build_report([run], tmp_path / "report.html", gallery=False).read_text()
+    assert "game (held out)" in html and f"{100 * fam['game']['clean_accuracy']:.1f}%" in html
+    code, _, err = run_cli(["train", "--data", "prompt_injection", "--holdout-family", "chess", "--epochs", "1",
+                            "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "choose one of" in err

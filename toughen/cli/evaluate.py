@@ -55,6 +55,10 @@ def eval_(
                                              "same data (standard training is best); PGD-50 on it, transferred, "
                                              "runs after the suite, and a warning says if it fools examples the "
                                              "white-box attacks missed."),
+    fpr: Optional[float] = typer.Option(None, help="Binary text runs: the false-positive budget of the operating "
+                                        "point (default 0.01): the threshold flagging that share of the validation "
+                                        "negatives, with the detection rate, ROC AUC and the attack's evasion rate "
+                                        "there."),
 ) -> None:
     """Evaluate a trained run on its test split: clean and robust accuracy under one attack, or the
     worst case over an attack suite (--suite), optionally over a list of eps (--eps-sweep)."""
@@ -80,10 +84,10 @@ def eval_(
                                     "precision and have no transfer check")
         eval_command(run_dir, json_out=json_out, attack=attack, budget=budget, eps=parse_number(eps, "--eps"),
                      norm=norm, steps=steps, step_size=parse_number(step_size, "--step-size"), n=n, seed=seed,
-                     device=device)
+                     device=device, fpr=0.01 if fpr is None else fpr)
         return
-    if budget is not None:
-        raise ToughenUsageError("--budget applies to text runs only; image attacks take --eps")
+    if budget is not None or fpr is not None:
+        raise ToughenUsageError("--budget and --fpr apply to text runs only; image attacks take --eps")
     if sigma is not None and certify != "smoothing":
         raise ToughenUsageError("--sigma is the noise of randomized smoothing: give it with --certify smoothing")
     from toughen.evaluation.run_eval import evaluate_run

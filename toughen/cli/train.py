@@ -74,6 +74,9 @@ def train(
     text_column: Optional[str] = typer.Option(None, help="Text data (csv:PATH, jsonl:PATH): the text column."),
     label_column: Optional[str] = typer.Option(None, help="Text data: the label column."),
     budget: Optional[int] = typer.Option(None, help="Text data: edits per text for the training attack."),
+    holdout_family: Optional[str] = typer.Option(None, help="prompt_injection: train without this family of "
+                                                 "injections (override, role_hijack, fake_system, prompt_leak, game, "
+                                                 "indirect) and test on it: detection of a style never seen."),
     **recipe_flags: Any,  # one flag per recipe parameter (--lam, --beta, ...): common.with_recipe_flags
 ) -> None:
     """Train a model with an adversarial-training recipe and write a run directory."""
@@ -88,9 +91,9 @@ def train(
         step_size=parse_number(step_size, "--step-size"),
         batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
         eps_warmup=eps_warmup, weight_decay=weight_decay, val_size=val_size, eval_steps=eval_steps, seed=seed,
-        channels_last=channels_last, grad_clip=grad_clip, select=select, patience=patience, guard=guard, guard_every=guard_every,
-        guard_fallback=guard_fallback, crop_pad=crop_pad, flip=flip, compile=compile_model, ema=ema,
-        ema_warmup=ema_warmup, awp=awp,
+        channels_last=channels_last, grad_clip=grad_clip, select=select,
+        patience=patience, guard=guard, guard_every=guard_every, guard_fallback=guard_fallback, crop_pad=crop_pad,
+        flip=flip, compile=compile_model, ema=ema, ema_warmup=ema_warmup, awp=awp,
     ))
     values.update(recipe_values(recipe_flags))
     if amp is not None:
@@ -110,7 +113,8 @@ def train(
         return
     if out_dir is None:
         raise ToughenUsageError("give --out RUN_DIR (or --resume RUN_DIR to continue an interrupted run)")
-    values.update(given(text_column=text_column, label_column=label_column, budget=budget))
+    values.update(given(text_column=text_column, label_column=label_column, budget=budget,
+                        holdout_family=holdout_family))
     from toughen.text.data import is_text_data
 
     if is_text_data(values.get("data")):  # text datasets train in toughen.text (see docs/text.md)

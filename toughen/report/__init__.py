@@ -23,7 +23,7 @@ NORM_NAMES = {"linf": "L∞", "l2": "L2", EDITS: "edits"}
 
 
 def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.1f}%"
+    return "—" if v is None or v != v else f"{100 * v:.1f}%"  # v != v: NaN, nothing to measure
 
 
 def _seconds(s: float | None) -> str:
@@ -132,6 +132,25 @@ def _per_class(runs: list[RunRecord]) -> dict[str, Any] | None:
     return {"headers": headers, "rows": rows}
 
 
+def _detector(run: RunRecord) -> dict[str, Any] | None:
+    """A text detector's operating point and per-family rates, as table cells."""
+    d = run.detector()
+    if d is None:
+        return None
+    op = d["operating_point"] or {}
+    families = [{"name": name + (" (held out)" if name == d["holdout_family"] else ""),
+                 "n": "?" if r["n"] is None else int(r["n"]), "clean": _pct(r["clean_accuracy"]),
+                 "robust": _pct(r["robust_accuracy"])} for name, r in (d["per_family"] or {}).items()]
+    auc, detected = op.get("roc_auc"), op.get("n_detected")
+    return {
+        "name": run.name, "attack": d["attack"], "budget": d["budget"], "has_op": bool(op),
+        "fpr": _pct(op.get("fpr_budget")), "auc": "—" if auc is None else f"{auc:.3f}",
+        "detection": _pct(op.get("detection_rate")), "test_fpr": _pct(op.get("test_fpr")),
+        "evasion": _pct(op.get("evasion_rate_at_threshold")), "n_detected": "—" if detected is None else int(detected),
+        "positive": op.get("positive_class", "positive"), "families": families,
+    }
+
+
 def build_report(
     run_dirs: list[str | Path],
     out: str | Path,
@@ -199,6 +218,7 @@ def build_report(
         "robust_radii": robust_radii,
         "curves": curves,
         "per_class": _per_class(runs),
+        "detectors": [d for run in runs if run.is_text and (d := _detector(run))],
         "galleries": galleries,
         "text_examples": text_examples,
         "sources": ", ".join(str(run.path) for run in runs),

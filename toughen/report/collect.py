@@ -242,6 +242,28 @@ class RunRecord:
                 return f"{r.attack} ε={fmt_number(r.eps)}", r.per_class
         return None
 
+    def detector(self) -> dict[str, Any] | None:
+        """A text detector's latest evaluation with an operating point or per-family numbers
+        (`toughen eval` on a binary text run), else the training summary's per-family numbers:
+        ``{"attack", "budget", "operating_point" or None, "per_family" or None, "holdout_family"}``."""
+        rows = [*reversed(self.evaluations), self.summary or {}]
+        for row in rows:
+            op = row.get("operating_point") if isinstance(row.get("operating_point"), dict) else None
+            fam = row.get("per_family") if isinstance(row.get("per_family"), dict) else None
+            if op is None and fam is None:
+                continue
+            # numbers from a file: anything else reads as missing
+            families = {str(k): {key: _number(v.get(key)) for key in ("n", "clean_accuracy", "robust_accuracy")}
+                        for k, v in (fam or {}).items() if isinstance(v, dict)}
+            if op is not None:
+                op = {**{key: _number(op.get(key)) for key in ("fpr_budget", "roc_auc", "detection_rate", "test_fpr",
+                                                                "evasion_rate_at_threshold", "n_detected")},
+                      "positive_class": str(op.get("positive_class", "positive"))}
+            attack = row.get("attack") or str(row.get("robust_attack", "?")).split("@")[0]
+            return {"attack": str(attack), "budget": row.get("budget"), "operating_point": op,
+                    "per_family": families or None, "holdout_family": row.get("holdout_family")}
+        return None
+
     def guard_events(self) -> list[tuple[int, str]]:
         events = []
         for row in self.metrics:

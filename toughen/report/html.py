@@ -173,6 +173,24 @@ A red dotted line marks an epoch where the guard intervened, a green line the ep
 </section>
 {% endif %}
 
+{% if detectors %}
+<section id="detectors">
+<h2>Text detectors</h2>
+<p class="note">A detector runs at a threshold chosen from a false-positive budget on the validation split, not at argmax.
+Detection: the share of positive test texts flagged at that threshold; evasion: of those flagged, the share the attack pushes below it.
+Per family: clean / robust accuracy of each family's test texts (for an injection family, clean accuracy is its detection rate at argmax).</p>
+<table class="compact">
+<thead><tr><th>Run</th><th>Attack</th><th class="num">FP budget</th><th class="num">Test FPR</th><th class="num">ROC AUC</th><th class="num">Detection</th><th class="num">Evasion at threshold</th><th>Per family (clean / robust)</th></tr></thead>
+<tbody>
+{% for d in detectors %}<tr><td>{{ d.name }}</td><td>{{ d.attack }}{% if d.budget is not none %} ({{ d.budget }}){% endif %}</td>
+{% if d.has_op %}<td class="num">{{ d.fpr }}</td><td class="num">{{ d.test_fpr }}</td><td class="num">{{ d.auc }}</td><td class="num">{{ d.detection }}</td><td class="num">{{ d.evasion }} of {{ d.n_detected }}</td>{% else %}<td colspan="5" class="small">no operating point recorded</td>{% endif %}
+<td class="small">{% for f in d.families %}{{ f.name }}: {{ f.clean }} / {{ f.robust }} (n={{ f.n }}){% if not loop.last %}<br>{% endif %}{% endfor %}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+</section>
+{% endif %}
+
 {% if galleries %}
 <section id="gallery">
 <h2>Adversarial examples</h2>

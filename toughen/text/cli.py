@@ -42,13 +42,37 @@ def show(title: str, result: dict, json_out: bool) -> None:
         print(json.dumps(result))
     else:
         print_table(title, [result])
+        if "per_family" in result:
+            held = result.get("holdout_family")
+            out.print(Text("per family, clean / robust accuracy (an injection family's clean accuracy is its "
+                           "detection rate): " + "; ".join(
+                               f"{fam}{' (held out)' if fam == held else ''} {100 * r['clean_accuracy']:.1f}% / "
+                               f"{100 * r['robust_accuracy']:.1f}% of {r['n']}"
+                               for fam, r in result["per_family"].items())))
+        if "operating_point" in result:
+            out.print(Text(operating_point_line(result["operating_point"])))
         print_examples(result["examples"])
+
+
+def operating_point_line(op: dict) -> str:
+    """One sentence for an evaluation's operating point."""
+    line = (f"at {100 * op['fpr_budget']:g}% false positives on the validation split (test: "
+            f"{100 * op['test_fpr']:.1f}%), {op['positive_class']!s} is detected in {100 * op['detection_rate']:.1f}% "
+            f"of test texts; ROC AUC {op['roc_auc']:.3f}")
+    if "evasion_rate_at_threshold" in op:
+        line += (f"; {op['attack']} evades that threshold on {100 * op['evasion_rate_at_threshold']:.1f}% of the "
+                 f"{op['n_detected']} detected")
+    return line
 
 
 def evaluate_run(run_dir: Path, *, attack: str | None, budget: int | None, eps: float | None, norm: str | None,
                  steps: int, step_size: float | None, n: int | None, seed: int, device: str,
-                 n_examples: int = 5) -> dict:
-    """Evaluate a text run on its test split under one text attack; record it in evaluations.jsonl."""
+                 n_examples: int = 5, fpr: float | None = 0.01) -> dict:
+    """Evaluate a text run on its test split under one text attack; record it in evaluations.jsonl.
+
+    For a binary task it adds ``operating_point`` (:mod:`toughen.text.operating_point`): the ROC
+    AUC, the detection rate at the threshold that flags ``fpr`` of the validation negatives, and the
+    attack's evasion rate at that threshold (``fpr=None`` skips it)."""
     from toughen.runs import read_config, record_evaluation
     from toughen.text.attacks import DISCRETE, TEXT_ATTACKS
     from toughen.text.evaluation import evaluate_text_attack
@@ -75,12 +99,23 @@ def evaluate_run(run_dir: Path, *, attack: str | None, budget: int | None, eps: 
     model = load_text_run(run_dir, device=check_device(device))
     splits = load_text_run_data(run_dir)
     texts, y = splits.x_test[:n], splits.y_test[:n]
+    families = splits.family_test[:n] if splits.family_test is not None else None
     result = evaluate_text_attack(model, texts, y, attack, budget=size, options=options, seed=seed,
-                                  class_names=splits.class_names, n_examples=n_examples)
+                                  class_names=splits.class_names, n_examples=n_examples, families=families)
+    if splits.holdout_family is not None:
+        result["holdout_family"] = splits.holdout_family
     robust = result.pop("robust")
     result["per_class_robust_accuracy"] = {
         name: robust[y == c].float().mean().item() for c, name in enumerate(splits.class_names) if (y == c).any()
     }
+    if len(splits.class_names) == 2 and len(splits.x_val) and fpr is not None:
+        from toughen.text.operating_point import operating_point
+
+        # a detector runs at a threshold chosen from a false-positive budget, not at argmax
+        result["operating_point"] = operating_point(
+            model, splits.x_val, splits.y_val, texts, y, attack=attack, budget=size, options=options, fpr=fpr,
+            seed=seed)
+        result["operating_point"]["positive_class"] = splits.class_names[1]
     record_evaluation(run_dir, result)
     return result
 

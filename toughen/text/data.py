@@ -40,13 +40,20 @@ class TextSplits:
     x_test: list[str]
     y_test: torch.Tensor
     class_names: list[str]
+    # each text's family (style), where the dataset tags them (prompt_injection: FAMILIES of
+    # toughen.text.injection, "benign" for benign texts); None otherwise
+    family_train: list[str] | None = None
+    family_val: list[str] | None = None
+    family_test: list[str] | None = None
+    holdout_family: str | None = None  # the family trained without and tested alone, when one is
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
 
-# A loader takes (path or None, text_column, label_column) -> (texts, labels, split or None, class_names or None)
+# A loader takes (path or None, text_column, label_column) -> (texts, labels, split or None, class_names or None),
+# optionally followed by each text's family tag
 TEXT_DATASETS: Registry = Registry("text dataset")
 
 
@@ -61,11 +68,11 @@ def list_text_datasets() -> list[str]:
 
 @TEXT_DATASETS.register("prompt_injection")
 def _prompt_injection(path, text_column, label_column):
-    from toughen.text.injection import generate
+    from toughen.text.injection import generate_tagged
 
-    texts, labels = generate(3000, seed=0)
+    texts, labels, families = generate_tagged(3000, seed=0)
     split = ["test" if i < 600 else "train" for i in range(len(texts))]  # generate() already shuffled
-    return texts, labels, split, ["benign", "injection"]
+    return texts, labels, split, ["benign", "injection"], families
 
 
 def _read_rows(path: Path, kind: str) -> list[dict]:
@@ -146,17 +153,25 @@ def _class_indices(labels: list, where: str) -> tuple[list[int], list[str]]:
 
 
 def load_text_data(
-    name: str, text_column: str = "text", label_column: str = "label", val_size: int | float = 0.1
+    name: str, text_column: str = "text", label_column: str = "label", val_size: int | float = 0.1,
+    holdout_family: str | None = None,
 ) -> TextSplits:
-    """Load a text dataset and split it into train, validation and test (stratified, fixed seeds)."""
+    """Load a text dataset and split it into train, validation and test (stratified, fixed seeds).
+
+    ``holdout_family``: for a dataset that tags its texts' families, train and validate without
+    that family, and test on its texts (all of them, from every split: one family is a small
+    share) beside the usual benign test texts; the other families' test texts are left out, so
+    the test split measures only the unseen style."""
     if name.startswith(FILE_PREFIXES):
         prefix, path = name.split(":", 1)
         if not path:
             raise ToughenUsageError(f"--data {name} needs a path after '{prefix}:'")
         loader = {"csv": _file_loader("csv"), "jsonl": _file_loader("jsonl"), "hfds": _hf_disk}[prefix]
-        texts, labels, split, class_names = loader(path, text_column, label_column)
+        loaded = loader(path, text_column, label_column)
     else:
-        texts, labels, split, class_names = TEXT_DATASETS.get(name)(None, text_column, label_column)
+        loaded = TEXT_DATASETS.get(name)(None, text_column, label_column)
+    texts, labels, split, class_names = loaded[:4]
+    families = loaded[4] if len(loaded) > 4 else None
     if class_names is None:
         labels, class_names = _class_indices(labels, name)
     if len(set(labels)) < 2:
@@ -170,6 +185,8 @@ def load_text_data(
             train_idx, test_idx = stratified_split(y, 0.2, VAL_SPLIT_SEED + 1)
         except ValueError as e:
             raise ToughenUsageError(f"{name} is too small to hold out a stratified test split: {e}") from None
+    if holdout_family is not None:
+        train_idx, test_idx = _hold_out(name, families, holdout_family, train_idx, test_idx)
     size = int(val_size) if val_size >= 1 else float(val_size)
     try:
         keep, held = stratified_split(y[train_idx], size, VAL_SPLIT_SEED)
@@ -178,7 +195,26 @@ def load_text_data(
     keep, held = train_idx[keep], train_idx[held]
     pick = lambda idx: [texts[i] for i in idx]  # noqa: E731
     tensor = lambda idx: torch.as_tensor(y[idx], dtype=torch.long)  # noqa: E731
+    tags = (lambda idx: [families[i] for i in idx]) if families is not None else (lambda idx: None)  # noqa: E731
     return TextSplits(
         name=name, x_train=pick(keep), y_train=tensor(keep), x_val=pick(held), y_val=tensor(held),
         x_test=pick(test_idx), y_test=tensor(test_idx), class_names=list(class_names),
+        family_train=tags(keep), family_val=tags(held), family_test=tags(test_idx), holdout_family=holdout_family,
     )
+
+
+def _hold_out(name: str, families: list[str] | None, family: str, train_idx: np.ndarray, test_idx: np.ndarray):
+    """(train, test) indices with ``family`` moved out of training into the test split, and the
+    test split's other tagged families (not benign ones) left out."""
+    from toughen.text.injection import BENIGN
+
+    if families is None:
+        raise ToughenUsageError(f"{name} does not tag its texts' families; --holdout-family needs a dataset that "
+                                "does (prompt_injection)")
+    known = sorted(set(families) - {BENIGN})
+    if family not in known:
+        raise ToughenUsageError(f"unknown family {family!r} in {name}; choose one of {', '.join(known)}")
+    tag = np.asarray(families)
+    train_keep = train_idx[tag[train_idx] != family]
+    test_keep = np.concatenate([test_idx[tag[test_idx] == BENIGN], np.flatnonzero(tag == family)])
+    return train_keep, np.sort(test_keep)

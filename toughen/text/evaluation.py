@@ -7,7 +7,9 @@ Definitions (as in TextAttack, Morris et al. 2020):
   wrong clean counts as not robust and is not attacked);
 - attack_success_rate: of the texts attacked (the correctly classified ones), the fraction the
   attack flipped within its budget;
-- mean_edits: edits per successful attack; mean_queries: queries per attacked text.
+- mean_edits: edits per successful attack; mean_queries: queries per attacked text;
+- per_family (when the texts' families are given): each family's clean and robust accuracy; for
+  an injection family of a detector, its clean accuracy is its detection rate.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ def evaluate_text_attack(
     seed: int = 0,
     class_names: Sequence[str] | None = None,
     n_examples: int = 5,
+    families: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Clean and robust accuracy, attack success rate, mean edits and queries, and a few examples.
+    """Clean and robust accuracy, attack success rate, mean edits and queries, and a few examples;
+    with ``families`` (one tag per text) the same accuracies per family.
 
     Returns a JSON-serializable dict plus ``robust``, the per-example bool mask (a tensor)."""
     fn = TEXT_ATTACKS.get(attack)
@@ -63,6 +67,13 @@ def evaluate_text_attack(
                 "success": bool(success[j]),
             })
     n_success = int(success.sum())
+    by_family = {}
+    if families is not None:
+        tags = list(families)
+        for fam in sorted(set(tags)):
+            mask = torch.tensor([t == fam for t in tags])
+            by_family[fam] = {"n": int(mask.sum()), "clean_accuracy": correct[mask].float().mean().item(),
+                              "robust_accuracy": robust[mask].float().mean().item()}
     return {
         "attack": attack,
         "budget": budget,
@@ -75,5 +86,6 @@ def evaluate_text_attack(
         "n_attacked": len(idx),
         "seconds": time.perf_counter() - start,
         "examples": examples,
+        **({"per_family": by_family} if families is not None else {}),
         "robust": robust,
     }

@@ -47,6 +47,7 @@ class TextTrainConfig:
     text_column: str = "text"
     label_column: str = "label"
     val_size: float = 0.1
+    holdout_family: str | None = None  # train without this family of texts, test on it (prompt_injection)
     model: str = "char_cnn"
     model_options: dict[str, Any] = field(default_factory=dict)
     # how to train it
@@ -209,7 +210,7 @@ def train_text(cfg: TextTrainConfig, out: str | Path, *, overwrite: bool = False
     cfg.validate()
     dev = check_device(device)
     check_out_dir(out, overwrite)  # before the data is loaded: a bad --out fails fast
-    splits = load_text_data(cfg.data, cfg.text_column, cfg.label_column, cfg.val_size)
+    splits = load_text_data(cfg.data, cfg.text_column, cfg.label_column, cfg.val_size, cfg.holdout_family)
     with open_run_dir(out, overwrite):  # one writer at a time; taken before --overwrite removes anything
         run_dir = Path(out)
         torch.manual_seed(cfg.seed)
@@ -230,7 +231,8 @@ def train_text(cfg: TextTrainConfig, out: str | Path, *, overwrite: bool = False
         model.eval()
         n = cfg.eval_n or len(splits.x_test)
         res = evaluate_text_attack(model, splits.x_test[:n], splits.y_test[:n], cfg.eval_attack, budget=_eval_budget(cfg),
-                                   seed=cfg.seed + 2, class_names=splits.class_names)
+                                   seed=cfg.seed + 2, class_names=splits.class_names,
+                                   families=splits.family_test[:n] if splits.family_test is not None else None)
         res.pop("robust")
         summary = {
             "data": cfg.data, "model": cfg.model, "recipe": cfg.recipe, "budget": cfg.budget, "epochs": cfg.epochs,
@@ -239,6 +241,8 @@ def train_text(cfg: TextTrainConfig, out: str | Path, *, overwrite: bool = False
             "mean_edits": res["mean_edits"], "mean_queries": res["mean_queries"], "n_test": n,
             "train_seconds": train_seconds, "final_val_clean_accuracy": history[-1]["val_clean_accuracy"],
             "final_val_robust_accuracy": history[-1]["val_robust_accuracy"], "examples": res["examples"],
+            **({"holdout_family": cfg.holdout_family} if cfg.holdout_family else {}),
+            **({"per_family": res["per_family"]} if "per_family" in res else {}),
         }
         write_json(run_dir / "summary.json", summary)
         return summary
@@ -251,7 +255,8 @@ def is_text_run(run_dir: str | Path) -> bool:
 def load_text_run_data(run_dir: str | Path) -> TextSplits:
     """The dataset a text run was trained on, split as it was (its test split is the one to attack)."""
     train = read_config(run_dir)["train"]
-    return load_text_data(train["data"], train["text_column"], train["label_column"], train["val_size"])
+    return load_text_data(train["data"], train["text_column"], train["label_column"], train["val_size"],
+                          train.get("holdout_family"))
 
 
 def load_text_run(run_dir: str | Path, device: str | torch.device = "cpu"):
