@@ -42,6 +42,9 @@ def train(
                                         "moved against it by GAMMA times each layer's norm (e.g. 0.005)."),
     select: Optional[str] = typer.Option(None, help="The run's model: best (validation robust accuracy, default) "
                                          "or last epoch."),
+    select_attack: Optional[str] = typer.Option(None, help="The validation split's attack each epoch, which picks "
+                                                "the best epoch: pgd (default) or apgd (APGD-CE then APGD-DLR, the "
+                                                "worst case, at the validation attack's steps: --steps)."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation epoch."),
     guard: Optional[bool] = typer.Option(None, "--guard/--no-guard", help="Catastrophic-overfitting guard for "
                                          "single-step recipes (default on)."),
@@ -91,7 +94,7 @@ def train(
         step_size=parse_number(step_size, "--step-size"),
         batch_size=batch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule,
         eps_warmup=eps_warmup, weight_decay=weight_decay, val_size=val_size, eval_steps=eval_steps, seed=seed,
-        channels_last=channels_last, grad_clip=grad_clip, select=select,
+        channels_last=channels_last, grad_clip=grad_clip, select=select, select_attack=select_attack,
         patience=patience, guard=guard, guard_every=guard_every, guard_fallback=guard_fallback, crop_pad=crop_pad,
         flip=flip, compile=compile_model, ema=ema, ema_warmup=ema_warmup, awp=awp,
     ))

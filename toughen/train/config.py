@@ -34,6 +34,7 @@ NUMBERS: dict[str, dict[str, Any]] = {
 }
 LR_SCHEDULES = ("constant", "onecycle", "cosine", "piecewise")
 SELECT_MODES = ("best", "last")
+SELECT_ATTACKS = ("pgd", "apgd")
 
 
 @dataclass(init=False)
@@ -85,6 +86,9 @@ class TrainConfig:
     # model selection and early stopping, on the validation split's robust accuracy
     select: str = "best"  # "best": the run's model is the best validation epoch; "last": the final one
     patience: int | None = None  # stop after this many epochs without a better validation epoch
+    # the validation split's attack each epoch: "pgd", or "apgd" (APGD-CE, then APGD-DLR on what it
+    # left robust: the worst case of the two, the start of AutoAttack, at the same steps)
+    select_attack: str = "pgd"
     # the catastrophic-overfitting guard (single-step recipes only)
     guard: bool = True
     guard_every: int = 0  # probe every N batches; 0 = once per epoch, at its end
@@ -147,7 +151,8 @@ class TrainConfig:
         DATASETS.get(self.data)
         MODELS.get(self.model)
         RECIPES.get(self.recipe)
-        for name in ("data", "model", "recipe", "norm", "optimizer", "lr_schedule", "select", "guard_fallback"):
+        for name in ("data", "model", "recipe", "norm", "optimizer", "lr_schedule", "select", "select_attack",
+                     "guard_fallback"):
             if not isinstance(getattr(self, name), str):
                 raise ToughenUsageError(f"{name} must be a name, got {getattr(self, name)!r}")
         for name in ("normalize", "guard", "ema_warmup"):
@@ -214,6 +219,9 @@ class TrainConfig:
             raise ToughenUsageError(f"guard_ratio must be in (0, 1), got {self.guard_ratio}")
         if self.select not in SELECT_MODES:
             raise ToughenUsageError(f"unknown select {self.select!r}; choose one of: {', '.join(SELECT_MODES)}")
+        if self.select_attack not in SELECT_ATTACKS:
+            raise ToughenUsageError(f"unknown select_attack {self.select_attack!r}; choose one of: "
+                                    f"{', '.join(SELECT_ATTACKS)}")
         RECIPES.get(self.guard_fallback)
         if self.awp and not traits(self.recipe).awp:
             names = awp_recipes()
