@@ -7,7 +7,10 @@ directory holding the ``autoattack`` package). On the first --n test examples of
 at --eps, one after the other in one process with the same torch threads, it runs:
 
 - ``reference``: AutoAttack, its robust accuracy and its time after each attack (from its log);
-- ``toughen fp32``: ``toughen.evaluate(suite="standard", amp=None, fast_layout=False)``;
+- ``toughen fp32``: ``toughen.evaluate(suite="standard", amp=None)``, full-precision arithmetic
+  with the memory layout chosen by timing (``fast_layout="auto"``, the default, as ``toughen eval
+  --amp fp32`` runs it);
+- ``toughen fp32 nchw``: the same with ``fast_layout=False``, the layout the reference uses;
 - ``toughen auto``: the same with ``amp="auto"`` and ``fast_layout="auto"`` (the precision and
   memory layout chosen by timing, as ``toughen eval`` does by default).
 
@@ -81,7 +84,8 @@ def main() -> None:
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads, the same for every contender")
-    p.add_argument("--only", nargs="+", choices=("reference", "fp32", "auto"), default=["reference", "fp32", "auto"])
+    p.add_argument("--only", nargs="+", choices=("reference", "fp32", "fp32_nchw", "auto"),
+                   default=["reference", "fp32", "fp32_nchw", "auto"])
     args = p.parse_args()
 
     model, x, y = common.reference_setup(args, threads=args.threads)
@@ -90,12 +94,14 @@ def main() -> None:
     if "reference" in args.only:
         result["reference"] = _reference(model, x, y, args.eps, args.norm, args.seed)
     if "fp32" in args.only:
-        result["toughen_fp32"] = _toughen(model, x, y, args.eps, args.norm, None, False)
+        result["toughen_fp32"] = _toughen(model, x, y, args.eps, args.norm, None, "auto")
+    if "fp32_nchw" in args.only:
+        result["toughen_fp32_nchw"] = _toughen(model, x, y, args.eps, args.norm, None, False)
     if "auto" in args.only:
         result["toughen_auto"] = _toughen(model, x, y, args.eps, args.norm, "auto", "auto")
     if "reference" in result:
         ref = result["reference"]
-        for side in ("toughen_fp32", "toughen_auto"):
+        for side in ("toughen_fp32", "toughen_fp32_nchw", "toughen_auto"):
             if side in result:
                 result[side]["time_vs_reference"] = round(result[side]["seconds"] / ref["seconds"], 2)
                 result[side]["points_vs_reference"] = round(
