@@ -1,6 +1,7 @@
-"""A binary text detector at its operating point: ROC AUC against scikit-learn, the threshold keeps
-the false-positive budget on the split it was chosen on, the thresholded model decides exactly at
-the threshold, and an evasion the attack reports is a text scoring below the threshold."""
+"""Text detectors: at an operating point (ROC AUC against scikit-learn, the threshold keeps the
+false-positive budget on the split it was chosen on, the thresholded model decides exactly at the
+threshold, an evasion the attack reports is a text scoring below the threshold), and on an injection
+style held out of training (per-family numbers through the CLI and the report)."""
 
 import json
 
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 from toughen.errors import ToughenUsageError
-from toughen.text.evaluation import evaluate_text_attack
 from toughen.text.injection import generate
 from toughen.text.models import build_text_model, predict
 from toughen.text.operating_point import AtThreshold, detector_scores, operating_point, roc_auc, threshold_at_fpr
@@ -97,9 +97,6 @@ def test_evasion_at_the_threshold_is_a_score_below_it(detector):
     adv_scores = detector_scores(model, res.adv_texts)
     assert torch.equal(res.success, adv_scores < t)
     assert res.success.float().mean().item() == pytest.approx(op["evasion_rate_at_threshold"])
-    # the argmax evaluation of the same texts is a different number only through the threshold
-    argmax = evaluate_text_attack(model, texts, y, "char_obfuscate", budget=2)
-    assert 0 <= argmax["attack_success_rate"] <= 1
 
 
 def test_operating_point_refuses_more_than_two_classes():
@@ -137,3 +134,27 @@ def test_cli_text_eval_reports_the_operating_point(tmp_path, capsys):
 
     html = build_report([run], tmp_path / "report.html", gallery=False).read_text()
     assert 'id="detectors"' in html and f"{op['roc_auc']:.3f}" in html and f"{100 * op['detection_rate']:.1f}%" in html
+
+
+def test_cli_holdout_family_trains_without_it_and_reports_per_family(tmp_path, capsys):
+    run = tmp_path / "held"
+    code, out, err = run_cli(["train", "--data", "prompt_injection", "--model", "char_cnn", "--recipe", "standard",
+                              "--epochs", "1", "--budget", "1", "--holdout-family", "game", "--out", str(run),
+                              "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["holdout_family"] == "game" and set(summary["per_family"]) == {"benign", "game"}
+    code, out, err = run_cli(["eval", str(run), "--attack", "char_obfuscate", "--budget", "1", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    fam = result["per_family"]
+    assert result["holdout_family"] == "game" and fam["game"]["n"] == 86 and fam["benign"]["n"] == result["n"] - 86
+    for r in fam.values():
+        assert 0 <= r["robust_accuracy"] <= r["clean_accuracy"] <= 1
+    from toughen.report import build_report
+
+    html = build_report([run], tmp_path / "report.html", gallery=False).read_text()
+    assert "game (held out)" in html and f"{100 * fam['game']['clean_accuracy']:.1f}%" in html
+    code, _, err = run_cli(["train", "--data", "prompt_injection", "--holdout-family", "chess", "--epochs", "1",
+                            "--out", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "choose one of" in err
