@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # a multi-GB CUDA build. Override on a GPU machine: make test TORCH_SPEC='torch>=2.4'
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo demo-text test bench clean
+.PHONY: setup demo demo-text test bench bench-text clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,22 @@ bench: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check six multiprocess
 	$(PY) -c "import torch, torchattacks, art; print('torch', torch.__version__, '| torchattacks', torchattacks.__version__, '| art', art.__version__)"
 	$(PY) benchmarks/run_all.py $(if $(BENCH_RUN),--run $(BENCH_RUN),)
+
+# toughen's text attacks beside TextAttack's DeepWordBug and Pruthi2019 (benchmarks/bench_textattack.py).
+# TextAttack is installed without its dependencies: its metadata asks for flair, which pins
+# transformers < 5 and some twenty other packages; the script stubs flair, which the character-level
+# recipes never use. TEXT_PEER_DEPS is what `import textattack` needs (its __init__ imports every
+# recipe); bert-score's own dependencies are toughen's. Nothing downloads at import or at run time.
+# One torch thread; pin a core with e.g. `taskset -c 1 make bench-text`.
+TEXT_PEERS := textattack==0.3.11 bert-score==0.3.13
+TEXT_PEER_DEPS := requests editdistance Levenshtein lru-dict terminaltables more-itertools word2number num2words \
+	lemminflect nltk datasets langdetect jieba pinyin OpenHowNet language_tool_python
+BENCH_TEXT_ARGS ?= --threads 1
+
+bench-text: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(TEXT_PEERS)
+	$(PY) -m pip install -q --disable-pip-version-check $(TEXT_PEER_DEPS)
+	$(PY) benchmarks/bench_textattack.py $(BENCH_TEXT_ARGS)
 
 clean:
 	rm -rf $(VENV) runs
