@@ -8,8 +8,9 @@ Drop one into your own loop::
     out = TEXT_RECIPES.get("text_augment")(model, texts, y, ctx)
     out.loss.backward(); optimizer.step()
 
-The loop (:mod:`toughen.text.train`) sets the model's mode; recipes never change it. Attacks
-inside a recipe therefore see the model in training mode (dropout on), as in A2T and FreeLB.
+The loop (:mod:`toughen.text.train`) sets the model's mode; recipes leave it as they found it.
+Attacks inside a recipe see the model in training mode (dropout on), as in FreeLB, except
+text_augment's with ``attack_eval_mode`` (dropout off while the attack searches).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class TextRecipeContext:
     attack: str = "char_obfuscate"  # the discrete training attack (text_augment)
     attack_options: dict[str, Any] = field(default_factory=lambda: {"max_candidates": 24})
     fraction: float = 0.5  # of each batch attacked online (text_augment)
+    # text_augment's attack runs on the model in eval mode (dropout off) when True, then the mode
+    # is put back: the greedy search ranks candidates by the loss, and dropout's noise misranks them
+    attack_eval_mode: bool = False
     eps: float = 1.0  # radius on the input embeddings (embed_pgd, freelb)
     norm: str = "l2"
     steps: int = 3  # ascent steps on the embeddings
@@ -69,8 +73,14 @@ def text_augment(model, texts, y, ctx: TextRecipeContext) -> StepOutput:
         return StepOutput(loss, clean_logits=logits)
     pick = sorted(torch.randperm(len(texts), generator=ctx.generator)[:n_adv].tolist())
     attack = TEXT_ATTACKS.get(ctx.attack)
-    res = attack(model, [texts[i] for i in pick], y[pick], budget=ctx.budget, generator=ctx.generator,
-                 **ctx.attack_options)
+    training = model.training
+    if ctx.attack_eval_mode:
+        model.eval()
+    try:
+        res = attack(model, [texts[i] for i in pick], y[pick], budget=ctx.budget, generator=ctx.generator,
+                     **ctx.attack_options)
+    finally:
+        model.train(training)
     adv_logits = model(*model.encode(res.adv_texts))
     loss = loss + ctx.lam * F.cross_entropy(adv_logits, y[pick])
     return StepOutput(loss, clean_logits=logits, adv_logits=adv_logits)

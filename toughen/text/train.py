@@ -56,6 +56,7 @@ class TextTrainConfig:
     budget: int = 3  # edits per text for the discrete attacks
     fraction: float = 0.5  # of each batch attacked online (text_augment)
     max_candidates: int = 24  # edits tried per step by the training attack (cheap, as in A2T)
+    attack_eval_mode: bool = False  # text_augment: the training attack searches with dropout off
     eps: float = 1.0  # radius on the input embeddings (embed_pgd, freelb)
     norm: str = "l2"
     steps: int = 3  # ascent steps on the embeddings
@@ -96,6 +97,8 @@ class TextTrainConfig:
                 raise ToughenUsageError(f"{name} must be a whole number >= {low}, got {value!r}")
         if self.eval_budget is not None and (not isinstance(self.eval_budget, int) or self.eval_budget < 0):
             raise ToughenUsageError(f"eval_budget must be a whole number >= 0, got {self.eval_budget!r}")
+        if not isinstance(self.attack_eval_mode, bool):
+            raise ToughenUsageError(f"attack_eval_mode is true or false, got {self.attack_eval_mode!r}")
         if not 0 <= self.fraction <= 1:
             raise ToughenUsageError(f"fraction is the part of each batch attacked, in [0, 1]; got {self.fraction}")
         if self.eps < 0 or self.lam < 0 or self.lr <= 0:
@@ -142,8 +145,8 @@ def fit_text(model, splits: TextSplits, cfg: TextTrainConfig, *, metrics_path: P
     attack_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     ctx = TextRecipeContext(
         budget=cfg.budget, attack=cfg.attack, attack_options={"max_candidates": cfg.max_candidates},
-        fraction=cfg.fraction, eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, step_size=cfg.step_size, lam=cfg.lam,
-        generator=attack_gen,
+        fraction=cfg.fraction, attack_eval_mode=cfg.attack_eval_mode, eps=cfg.eps, norm=cfg.norm, steps=cfg.steps,
+        step_size=cfg.step_size, lam=cfg.lam, generator=attack_gen,
     )
     # the discrete attacks draw candidates on the CPU
     if cfg.recipe == "text_augment":
