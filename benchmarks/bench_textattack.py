@@ -283,7 +283,7 @@ def run_toughen(name: str, model, texts: list[str], y: list[int], budget: int, *
     return {"adv": list(res.adv_texts), "queries": res.queries.tolist(), "claimed": res.success.tolist()}
 
 
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- judging, and where it ran
 
 
 def alone(model, text: str) -> int:
@@ -294,6 +294,14 @@ def alone(model, text: str) -> int:
     from toughen.text.models import predict
 
     return int(predict(model, [text]).argmax(1).item())
+
+
+def affinity() -> str | None:
+    """The cores this process may run on (e.g. "1" under `taskset -c 1`), when that is known."""
+    try:
+        return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return None
 
 
 # ---------------------------------------------------------------- the run
@@ -391,7 +399,8 @@ def main() -> None:
                   "class_counts": {splits.class_names[c]: labels.count(c) for c in sorted(set(labels))},
                   "budget": args.budget, "textattack_limits": textattack_limits(args.budget), "chunk": args.chunk,
                   "rounds": len(chunks), "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
-                  "textattack_import_seconds": import_seconds, "ascii_ops": list(ASCII_OPS)},
+                  "textattack_import_seconds": import_seconds, "ascii_ops": list(ASCII_OPS),
+                  "cpu_affinity": affinity()},
         "contenders": rows,
     }
     common.publish(args.key, result, render(result), doc=not args.no_doc)
@@ -421,7 +430,9 @@ def render(result: dict) -> str:
     classes = ", ".join(f"{v} {k}" for k, v in s["class_counts"].items())
     return "\n".join([
         "## TextAttack (`benchmarks/bench_textattack.py`)", "",
-        common.machine_line(result["machine"]) + f" TextAttack {result['machine'].get('textattack')}.", "",
+        common.machine_line(result["machine"]).replace(
+            "\nCommand:", f" TextAttack {result['machine'].get('textattack')}.\nCommand:"
+        ) + (f" (pinned to CPU core {s['cpu_affinity']})" if s.get("cpu_affinity") else ""), "",
         f"{s['run']} on {s['data']} ({common.fmt_pct(s['clean_accuracy'])} of the {s['n_test']} test texts right); "
         f"the first {s['n']} test texts it classifies correctly ({classes}), at most {s['budget']} character edits "
         f"per text, in {s['rounds']} rounds of {s['chunk']} texts, every contender on each round in turn. "
