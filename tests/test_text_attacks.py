@@ -71,6 +71,16 @@ def test_trained_char_cnn_beats_a_keyword_list(cnn, pi):
     assert acc > 0.9 and acc > keywords + 0.1
 
 
+def test_char_cnn_scores_a_text_alone_as_in_any_batch(cnn, pi):
+    # the max over positions must not see the padding that a longer text in the batch adds
+    texts = pi.x_test[:60]
+    together = predict(cnn, texts)
+    alone = torch.cat([predict(cnn, [t]) for t in texts])
+    assert torch.allclose(together, alone, atol=1e-5), (together - alone).abs().max()
+    with_long = predict(cnn, texts[:5] + ["x" * 250])[:5]  # a batch padded far past each of them
+    assert torch.allclose(with_long, alone[:5], atol=1e-5)
+
+
 def test_every_obfuscation_is_one_edit():
     for word in ["ignore", "Instructions.", "aa", "x", "😀b"]:
         cands = obfuscations(word)

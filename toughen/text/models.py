@@ -66,7 +66,12 @@ class CharCNN(nn.Module):
 
     def classify(self, emb, mask):
         h = (emb * mask.unsqueeze(-1)).transpose(1, 2)  # [B, D, L]; padding stays zero under attack
-        pooled = [F.relu(conv(h)).amax(dim=2) for conv in self.convs]  # ReLU >= 0, so zero padding never wins
+        # The max runs over the text's own positions only: past its end a window sees only padding,
+        # where the convolution gives its bias, and ReLU(bias) could win the max; a text's scores
+        # would then depend on the longest text in its batch. Zero at those positions never wins
+        # (ReLU >= 0), and the text's own edge windows see zeros alone or batched alike.
+        keep = mask.unsqueeze(1).to(h.dtype)  # [B, 1, L]
+        pooled = [(F.relu(conv(h)) * keep).amax(dim=2) for conv in self.convs]
         return self.head(self.dropout(torch.cat(pooled, dim=1)))
 
     def forward(self, ids, mask):
