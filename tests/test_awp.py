@@ -87,6 +87,35 @@ def test_the_gradient_at_the_perturbed_weights_is_not_the_gradient_at_w():
     assert not torch.allclose(grad_v, grad_w, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_the_perturbation_reaches_the_pass_under_autocast(amp):
+    """Inside one autocast region the low-precision copies of the weights are cached: the pass at
+    w + v must not reuse the copies of w (it did, and --awp changed nothing under --amp bf16)."""
+    model, (x, y) = _model(), _batch()
+    ctx = RecipeContext(eps=0.1, steps=2, generator=torch.Generator().manual_seed(2))
+    awp = AWP(model, 0.01)
+    with torch.autocast("cpu", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp]):
+        out = RECIPES.get("pgd")(model, x, y, ctx)
+        at_w = out.recompute().item()
+        awp.perturb(out.loss)
+        at_v = out.recompute().item()
+        awp.restore()
+        again = out.recompute().item()
+    assert at_v > at_w  # the weights the pass used were moved, up the loss
+    assert again == at_w  # and the copies of w + v did not outlive the restore
+
+
+def test_a_bf16_run_with_awp_trains_differently_from_one_without():
+    from toughen.data import load_data
+    from toughen.train import fit
+
+    losses = []
+    for awp in (None, 0.01):
+        cfg = _cfg(recipe="trades", amp="bf16", channels_last=True, awp=awp, epochs=2)
+        losses.append([r["loss"] for r in fit(_model(), load_data("digits"), cfg, progress=False)])
+    assert losses[0] != losses[1]  # the rows are the recipe's loss at w, which AWP's updates move
+
+
 def _cfg(**changes) -> TrainConfig:
     values = dict(data="digits", recipe="pgd", eps=0.1, steps=1, epochs=1, batch_size=128, lr=2e-3, eval_steps=0,
                   lr_schedule="constant",  # onecycle starts at lr 0: a first step that moves nothing

@@ -108,6 +108,10 @@ class AWP:
         with torch.no_grad():
             for w, v in zip(self.weights, moves):
                 w.add_(v)
+        # Inside an autocast region the bf16/fp16 copies of the weights are cached for the region's
+        # whole life: without this the pass "at w + v" would reuse the copies of w, and AWP would
+        # change nothing (it did, under --amp bf16, until this line).
+        torch.clear_autocast_cache()
 
     def restore(self) -> None:
         """Copy back the weights and buffers saved by :meth:`perturb`, bit for bit; nothing to do
@@ -121,6 +125,7 @@ class AWP:
             for b, saved in zip(self.buffers, buffers):
                 b.copy_(saved)
         self._saved = None
+        torch.clear_autocast_cache()  # casts of w + v must not outlive them (see perturb)
 
     @contextmanager
     def perturbed(self, loss: torch.Tensor) -> Iterator[None]:
