@@ -301,6 +301,10 @@ class OptimizerStep:
             nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        # A recipe that steps inside its own call (free's replays) runs its next forward pass in
+        # the same autocast region, whose cached bf16/fp16 copies of the weights are those from
+        # before this step: drop them, or the replays would all see the batch's first weights.
+        torch.clear_autocast_cache()
         if state.ema is not None:
             state.ema.update(state.model)
 
