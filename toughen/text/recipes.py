@@ -33,10 +33,10 @@ class TextRecipeContext:
     budget: int = 3  # edits per text for the discrete training attack
     attack: str = "char_obfuscate"  # the discrete training attack (text_augment)
     attack_options: dict[str, Any] = field(default_factory=lambda: {"max_candidates": 24})
-    fraction: float = 0.5  # of each batch attacked online (text_augment)
+    fraction: float = 1.0  # of each batch attacked online (text_augment)
     # text_augment's attack runs on the model in eval mode (dropout off) when True, then the mode
     # is put back: the greedy search ranks candidates by the loss, and dropout's noise misranks them
-    attack_eval_mode: bool = False
+    attack_eval_mode: bool = True
     eps: float = 1.0  # radius on the input embeddings (embed_pgd, freelb)
     norm: str = "l2"
     steps: int = 3  # ascent steps on the embeddings
