@@ -87,3 +87,21 @@ class Saturated(nn.Module):
 
     def forward(self, x):
         return self.model(x) * 1e4
+
+
+# ----------------------------------------------------------------------------- text
+
+def osa_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein (optimal string alignment) distance on code points: the reference
+    edit count that char_obfuscate's budget is stated in."""
+    d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(len(a) + 1):
+        d[i][0] = i
+    for j in range(len(b) + 1):
+        d[0][j] = j
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]

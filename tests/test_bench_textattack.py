@@ -12,21 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench_textattack  # noqa: E402
 from bench_textattack import osa_distance, textattack_limits  # noqa: E402
-
-
-def full_osa(a: str, b: str) -> int:
-    """The whole optimal-string-alignment table, no affix stripping: the reference."""
-    d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i in range(len(a) + 1):
-        d[i][0] = i
-    for j in range(len(b) + 1):
-        d[0][j] = j
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
-    return d[len(a)][len(b)]
+from conftest import osa_distance as full_osa  # noqa: E402  (the reference: the whole table)
 
 
 def test_importing_the_script_does_not_import_textattack():
