@@ -23,7 +23,15 @@ def train(
     config: Optional[Path] = typer.Option(None, help="YAML file of TrainConfig fields; flags override it."),
     data: Optional[str] = typer.Option(None, help="Dataset: mnist5k (default), digits, mnist, cifar10."),
     data_dir: Optional[Path] = typer.Option(None, help="Directory of the dataset's files (mnist, cifar10)."),
-    model: Optional[str] = typer.Option(None, help="Model: small_cnn (default), mlp, preact_resnet18, wide_resnet."),
+    model: Optional[str] = typer.Option(None, help="Model: small_cnn (default), mlp, preact_resnet18, wide_resnet; or "
+                                        "a pretrained backbone to fine-tune: timm:NAME or MODULE:FUNCTION (see "
+                                        "docs/training.md)."),
+    weights: Optional[Path] = typer.Option(None, help="Weights to start from (safetensors or a PyTorch state dict): "
+                                           "a backbone's pretrained ones (its head is new), or a model's own."),
+    image_size: Optional[int] = typer.Option(None, help="Backbone: resize the images to N x N inside the model "
+                                             "(default: the backbone's own input size)."),
+    freeze_epochs: Optional[int] = typer.Option(None, help="Backbone: train only its new head for the first N "
+                                                "epochs."),
     recipe: Optional[str] = typer.Option(None, help="Recipe: pgd (default), trades, mart, mix, fgsm, fgsm_rs, nfgsm, "
                                          "gradalign, free, atta, atta_free, augment, standard (see docs/training.md)."),
     eps: Optional[str] = typer.Option(None, help="Threat-model radius in data units, e.g. 0.3 or 8/255."),
@@ -97,12 +105,15 @@ def train(
         channels_last=channels_last, grad_clip=grad_clip, select=select, select_attack=select_attack,
         patience=patience, guard=guard, guard_every=guard_every, guard_fallback=guard_fallback, crop_pad=crop_pad,
         flip=flip, compile=compile_model, ema=ema, ema_warmup=ema_warmup, awp=awp,
+        weights=str(weights) if weights is not None else None, freeze_epochs=freeze_epochs,
     ))
     values.update(recipe_values(recipe_flags))
     if amp is not None:
         from toughen.precision import parse_amp
 
         values["amp"] = parse_amp(amp)  # fp32 is None, so it cannot ride with the flags above
+    if image_size is not None:
+        values["model_options"] = {**values.get("model_options", {}), "image_size": image_size}
     if resize is not None:
         values["data_options"] = {**values.get("data_options", {}), "resize": resize}
     if resume is not None:

@@ -20,7 +20,8 @@ from toughen._version import __version__
 from toughen.attacks import Attack
 from toughen.data import load_data
 from toughen.evaluation import attack_correct, clean_correct
-from toughen.models import build_model
+from toughen.models import build_model, is_backbone
+from toughen.models.backbone import check_trusted, load_start_weights
 from toughen.errors import ToughenUsageError
 from toughen.runs import (
     RunLock, atomic_write_text, check_out_dir, git_revision, open_run_dir, read_config, save_weights, write_json,
@@ -67,7 +68,10 @@ def train(
             cfg.model, splits.input_shape, splits.num_classes,
             mean=splits.mean if cfg.normalize else None, std=splits.std if cfg.normalize else None,
             **cfg.model_options,
-        ).to(dev)
+        )
+        if cfg.weights is not None and not resume:  # a resumed run's checkpoint has its weights
+            load_start_weights(model, cfg.weights)
+        model = model.to(dev)
 
         # "auto" precision and layout are settled once, on the first batch, and recorded; a resumed
         # run goes on with the choice it started with, so it ends as if never interrupted.
@@ -172,6 +176,8 @@ def resume(run_dir: str | Path, *, progress: bool = True, device: str = "cpu") -
     if (run_dir / "summary.json").is_file():
         raise ToughenUsageError(f"{run_dir} has finished (summary.json exists); there is nothing to resume")
     cfg = TrainConfig.from_dict(read_config(run_dir)["train"])
+    if is_backbone(cfg.model):
+        check_trusted(cfg.model)  # a factory model is Python code the run only names
     return train(cfg, run_dir, progress=progress, device=device, resume=True)
 
 

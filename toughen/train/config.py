@@ -9,7 +9,8 @@ from typing import Any
 from toughen import threat
 from toughen.data import DATASETS
 from toughen.errors import ToughenUsageError, check_number
-from toughen.models import MODELS
+from toughen.models import MODELS, is_backbone
+from toughen.models.backbone import check_spec
 from toughen.precision import check_amp, check_channels_last
 from toughen.train._registry import RECIPES, awp_recipes, declared_parameters, traits
 
@@ -25,7 +26,7 @@ NUMBERS: dict[str, dict[str, Any]] = {
     "lr": dict(low=0, above=True), "momentum": dict(low=0, high=1), "weight_decay": dict(low=0),
     "eps_warmup": dict(low=0, high=1), "crop_pad": dict(low=0, high=10_000, whole=True),
     "seed": dict(low=0, whole=True), "grad_clip": dict(low=0, above=True, optional=True),
-    "patience": dict(low=1, whole=True, optional=True),
+    "patience": dict(low=1, whole=True, optional=True), "freeze_epochs": dict(low=0, whole=True),
     "guard_every": dict(low=0, whole=True), "guard_n": dict(low=1, whole=True), "guard_steps": dict(low=1, whole=True),
     "guard_ratio": dict(low=0, high=1, above=True), "eval_n": dict(low=1, whole=True, optional=True),
     "ema": dict(low=0, high=1, optional=True),
@@ -51,6 +52,9 @@ class TrainConfig:
     val_size: float = 0.1  # a count, or a fraction of the training split when < 1
     model: str = "small_cnn"
     model_options: dict[str, Any] = field(default_factory=dict)
+    # a model of timm:NAME or MODULE:FUNCTION is a pretrained backbone (toughen.models.backbone), fine-tuned
+    weights: str | None = None  # its pretrained weights (a registered model's: all of them) at the start
+    freeze_epochs: int = 0  # train only the backbone's new head for this many epochs first
     normalize: bool = True  # the model's first layer normalizes with the training split's stats
     # how to train it
     recipe: str = "pgd"
@@ -149,7 +153,10 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check everything that can be checked before any file is written or data loaded."""
         DATASETS.get(self.data)
-        MODELS.get(self.model)
+        if isinstance(self.model, str) and is_backbone(self.model):
+            check_spec(self.model, self.model_options if isinstance(self.model_options, dict) else {})
+        else:
+            MODELS.get(self.model)
         RECIPES.get(self.recipe)
         for name in ("data", "model", "recipe", "norm", "optimizer", "lr_schedule", "select", "select_attack",
                      "guard_fallback"):
@@ -213,6 +220,11 @@ class TrainConfig:
                 check_number(name, value, **p.limits_for_check())
 
     def _validate_new_fields(self) -> None:
+        if self.weights is not None and not isinstance(self.weights, str):
+            raise ToughenUsageError(f"weights is the path of a weights file, got {self.weights!r}")
+        if self.freeze_epochs and not is_backbone(self.model):
+            raise ToughenUsageError("freeze_epochs trains a backbone's new head first: it needs --model timm:NAME "
+                                    "or MODULE:FUNCTION")
         if self.ema is not None and self.ema >= 1:
             raise ToughenUsageError(f"ema is the decay of the weights' average, in (0, 1) (0: off), got {self.ema}")
         if self.guard_ratio >= 1:

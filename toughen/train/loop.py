@@ -168,12 +168,16 @@ def fit(
     n = len(splits.x_train)
     batches_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * batches_per_epoch
+    if cfg.freeze_epochs and dist.world_size > 1:  # DDP fixes the trained parameters when it wraps the model
+        raise ToughenUsageError("freeze_epochs does not run under torchrun; train the head first in one process")
     counter = PassCounter(model).attach()
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             if selection.out_of_patience(epoch, cfg.patience):
                 break
             model.train()
+            if cfg.freeze_epochs:  # the backbone's warm-up: its new head alone, then everything
+                model.freeze_body(epoch <= cfg.freeze_epochs)
             start = time.perf_counter()
             tally = EpochTally()
             counter.take()
