@@ -199,13 +199,9 @@ def _env() -> dict[str, str]:
 
 def test_cli_ema_run_killed_mid_epoch_resumes_identical(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    out = subprocess.run(_cli("--out", str(whole), *ARGS), check=True, env=_env(), capture_output=True, text=True)
-    assert json.loads(out.stdout)["ema"] == 0.99
-    assert {"model.safetensors", "model_raw.safetensors", "model_last.safetensors"} <= {p.name for p in whole.iterdir()}
-    n_train = yaml.safe_load((whole / "config.yaml").read_text())["data_info"]["n_train"]
-    steps = 4 * math.ceil(n_train / 32) * 2  # epochs x batches x replays
-    assert load_checkpoint(whole)["ema"]["updates"] == steps
-
+    # the uninterrupted run beside the one to kill: one thread each, so on two cores neither waits
+    uninterrupted = subprocess.Popen(_cli("--out", str(whole), *ARGS), env=_env(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
     proc = subprocess.Popen(_cli("--out", str(killed), *ARGS), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -219,6 +215,14 @@ def test_cli_ema_run_killed_mid_epoch_resumes_identical(tmp_path):
     proc.wait()
     assert not (killed / "summary.json").exists()
     assert 1 <= load_checkpoint(killed)["epoch"] < 4
+
+    out, err = uninterrupted.communicate()
+    assert uninterrupted.returncode == 0, err
+    assert json.loads(out)["ema"] == 0.99
+    assert {"model.safetensors", "model_raw.safetensors", "model_last.safetensors"} <= {p.name for p in whole.iterdir()}
+    n_train = yaml.safe_load((whole / "config.yaml").read_text())["data_info"]["n_train"]
+    steps = 4 * math.ceil(n_train / 32) * 2  # epochs x batches x replays
+    assert load_checkpoint(whole)["ema"]["updates"] == steps
 
     subprocess.run(_cli("--resume", str(killed), "--json"), check=True, env=_env(), capture_output=True)
     assert _metrics(killed) == _metrics(whole)

@@ -60,8 +60,9 @@ def _summary(run: Path) -> dict:
 def test_sigkill_mid_epoch_then_resume_ends_identical(tmp_path, variant):
     args = VARIANTS[variant]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(_cli("--out", str(whole), *args), check=True, env=_env(), capture_output=True)
-
+    # the uninterrupted run beside the one to kill: one thread each, so on two cores neither waits
+    uninterrupted = subprocess.Popen(_cli("--out", str(whole), *args), env=_env(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
     proc = subprocess.Popen(_cli("--out", str(killed), *args), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -80,6 +81,8 @@ def test_sigkill_mid_epoch_then_resume_ends_identical(tmp_path, variant):
     out = subprocess.run(_cli("--resume", str(killed), "--json"), check=True, env=_env(), capture_output=True,
                          text=True)
     assert json.loads(out.stdout)["resumed"] is True
+    _, err = uninterrupted.communicate()
+    assert uninterrupted.returncode == 0, err
     assert _metrics(killed) == _metrics(whole)
     assert _summary(killed) == _summary(whole)
     names = ["model.safetensors", "model_last.safetensors"] + (["model_raw.safetensors"] if "--ema" in args else [])
