@@ -344,3 +344,33 @@ def test_per_example_recipes_refuse_torchrun(digits):
                 TrainConfig(data="digits", recipe="fgsm", guard_fallback="atta")):
         with pytest.raises(ToughenUsageError, match="in one process"):
             fit(model, digits, cfg, progress=False, dist=Distributed())
+
+
+@pytest.mark.parametrize("recipe", ["standard", "pgd", "trades", "fgsm"])
+def test_label_smoothing_is_the_training_losss_alone(recipe, digits):
+    """label_smoothing mixes the true class's one-hot with a uniform target in the training loss's
+    cross-entropy; the attack is the same (its random start included), and 0 changes nothing."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", digits.input_shape, digits.num_classes, digits.mean, digits.std).eval()
+    x, y = digits.x_train[:32], digits.y_train[:32]
+
+    def run(smoothing):
+        ctx = RecipeContext(eps=0.1, steps=2, step_size=0.05, generator=torch.Generator().manual_seed(1),
+                            label_smoothing=smoothing)
+        return RECIPES.get(recipe)(model, x, y, ctx)
+
+    plain, smooth = run(0.0), run(0.2)
+    logits = smooth.adv_logits if recipe in ("pgd", "fgsm") else smooth.clean_logits
+    plain_logits = plain.adv_logits if recipe in ("pgd", "fgsm") else plain.clean_logits
+    assert torch.equal(logits, plain_logits)  # the same attack points: smoothing is not the attack's
+    if recipe != "trades":
+        assert torch.equal(plain.loss, torch.nn.functional.cross_entropy(plain_logits, y))  # 0: as before
+    logp = torch.log_softmax(logits.float(), dim=1)
+    ce = torch.nn.functional.nll_loss(logp, y)
+    expected = 0.8 * ce + 0.2 * (-logp.mean(dim=1)).mean()
+    if recipe == "trades":  # CE(clean) + beta * KL(clean || adv): the KL term is not smoothed
+        kl = smooth.loss - torch.nn.functional.cross_entropy(smooth.clean_logits, y, label_smoothing=0.2)
+        assert torch.allclose(kl, plain.loss - torch.nn.functional.cross_entropy(plain.clean_logits, y), atol=1e-6)
+        expected = expected + kl
+    assert torch.allclose(smooth.loss, expected, atol=1e-6)
+    assert not torch.allclose(smooth.loss, plain.loss)

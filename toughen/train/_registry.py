@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from toughen import threat
@@ -120,6 +121,13 @@ class RecipeContext:
     # for a recipe that remembers each example from one epoch to the next (atta, atta_free).
     index: torch.Tensor | None = None
     train_size: int | None = None
+    # Label smoothing of the training loss's cross-entropy (never of an attack's loss): the weight
+    # moved from the true class to a uniform target, as torch's cross_entropy(label_smoothing=...)
+    label_smoothing: float = 0.0
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss's cross-entropy, with the run's label smoothing."""
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def params_for(self, declared: type[P]) -> P:
         """A recipe's parameters: its dataclass filled from ``params`` (defaults for the rest)."""

@@ -24,6 +24,7 @@ NUMBERS: dict[str, dict[str, Any]] = {
     "step_size": dict(low=0, above=True, optional=True),
     "epochs": dict(low=1, high=100_000, whole=True), "batch_size": dict(low=1, high=10_000_000, whole=True),
     "lr": dict(low=0, above=True), "momentum": dict(low=0, high=1), "weight_decay": dict(low=0),
+    "label_smoothing": dict(low=0, high=1),
     "eps_warmup": dict(low=0, high=1), "crop_pad": dict(low=0, high=10_000, whole=True),
     "seed": dict(low=0, whole=True), "grad_clip": dict(low=0, above=True, optional=True),
     "patience": dict(low=1, whole=True, optional=True), "freeze_epochs": dict(low=0, whole=True),
@@ -68,6 +69,8 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    # label smoothing of the training loss's cross-entropy (not MART's, not the attacks'); 0: off
+    label_smoothing: float = 0.0
     lr_schedule: str = "onecycle"
     eps_warmup: float = 0.0  # fraction of training over which eps ramps linearly from 0
     crop_pad: int = 0  # every recipe: random crops of each training image padded by this many pixels, on the device

@@ -39,7 +39,7 @@ from toughen.train._registry import (  # noqa: F401  (the recipe contract, impor
 def standard(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """Empirical risk minimization on clean inputs: the undefended baseline."""
     logits = model(x)
-    return StepOutput(F.cross_entropy(logits, y), clean_logits=logits)
+    return StepOutput(ctx.ce(logits, y), clean_logits=logits)
 
 
 @register_recipe("pgd", awp=True)
@@ -48,8 +48,7 @@ def madry(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext
     max approximated by PGD; the model is trained on adversarial inputs only."""
     x_adv = ctx.attack(model, x, y)
     logits_adv = model(x_adv)
-    return StepOutput(F.cross_entropy(logits_adv, y), adv_logits=logits_adv,
-                      recompute=lambda: F.cross_entropy(model(x_adv), y))
+    return StepOutput(ctx.ce(logits_adv, y), adv_logits=logits_adv, recompute=lambda: ctx.ce(model(x_adv), y))
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def mix(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) 
     x_adv = ctx.attack(model, x, y)
     logits = model(torch.cat([x, x_adv]))
     clean, adv = logits[: len(x)], logits[len(x) :]
-    loss = F.cross_entropy(clean, y) + ctx.params_for(MixParams).lam * F.cross_entropy(adv, y)
+    loss = ctx.ce(clean, y) + ctx.params_for(MixParams).lam * ctx.ce(adv, y)
     return StepOutput(loss, clean_logits=clean, adv_logits=adv)
 
 
@@ -83,14 +82,16 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContex
     p_clean = F.softmax(logits.detach(), dim=1)
     x_adv = kl_ascent(model, x, p_clean, ctx)
     logits_adv = model(x_adv)
-    return StepOutput(trades_loss(logits, logits_adv, y, beta), clean_logits=logits, adv_logits=logits_adv,
-                      recompute=lambda: trades_loss(model(x), model(x_adv), y, beta))
+    smoothing = ctx.label_smoothing
+    return StepOutput(trades_loss(logits, logits_adv, y, beta, smoothing), clean_logits=logits,
+                      adv_logits=logits_adv, recompute=lambda: trades_loss(model(x), model(x_adv), y, beta, smoothing))
 
 
-def trades_loss(logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
+def trades_loss(logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float,
+                label_smoothing: float = 0.0) -> torch.Tensor:
     """CE(f(x), y) + beta * KL(f(x) || f(x')), from the clean and the adversarial logits."""
     robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
-    return F.cross_entropy(logits, y) + beta * robust
+    return F.cross_entropy(logits, y, label_smoothing=label_smoothing) + beta * robust
 
 
 def kl_ascent(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, ctx: RecipeContext) -> torch.Tensor:
@@ -161,4 +162,4 @@ def augment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeConte
     noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
     x_aug = (x_aug + std * noise).clamp(*ctx.bounds)
     logits = model(x_aug)
-    return StepOutput(F.cross_entropy(logits, y), clean_logits=logits)
+    return StepOutput(ctx.ce(logits, y), clean_logits=logits)

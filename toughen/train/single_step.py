@@ -33,23 +33,23 @@ def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
                random_start=random_start, bounds=ctx.bounds, keep_best=False, generator=ctx.generator)
 
 
-def _train_on(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> StepOutput:
+def _train_on(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     logits_adv = model(x_adv)
-    return StepOutput(F.cross_entropy(logits_adv, y), adv_logits=logits_adv)
+    return StepOutput(ctx.ce(logits_adv, y), adv_logits=logits_adv)
 
 
 @register_recipe("fgsm", single_step=True)
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """FGSM training (Goodfellow et al. 2015): train on x + eps * sign(grad_x L(x, y)), one step
     from a zero start. Prone to catastrophic overfitting at large eps."""
-    return _train_on(model, _one_step(model, x, y, ctx, step_size=ctx.eps, random_start=False), y)
+    return _train_on(model, _one_step(model, x, y, ctx, step_size=ctx.eps, random_start=False), y, ctx)
 
 
 @register_recipe("fgsm_rs", single_step=True)
 def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """FGSM with a random start (Wong et al. 2020, "Fast is better than free"): delta ~ U(ball),
     one step of 1.25 eps, projected back to the eps-ball."""
-    return _train_on(model, _one_step(model, x, y, ctx, step_size=1.25 * ctx.eps, random_start=True), y)
+    return _train_on(model, _one_step(model, x, y, ctx, step_size=1.25 * ctx.eps, random_start=True), y, ctx)
 
 
 @register_recipe("nfgsm", single_step=True)
@@ -58,12 +58,12 @@ def nfgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext
     step of eps from x + eta, and no projection back to the eps-ball (the perturbation may
     reach 3 eps); only the data bounds are enforced."""
     if ctx.eps == 0:
-        return _train_on(model, x, y)
+        return _train_on(model, x, y, ctx)
     x_noisy = x + threat.random_start(x, 2 * ctx.eps, ctx.norm, ctx.bounds, ctx.generator)
     # An FGSM step of size eps centred at the noisy point: its eps-ball projection is a no-op.
     x_adv = pgd(model, x_noisy, y, eps=ctx.eps, norm=ctx.norm, steps=1, step_size=ctx.eps,
                 random_start=False, bounds=ctx.bounds, keep_best=False)
-    return _train_on(model, x_adv, y)
+    return _train_on(model, x_adv, y, ctx)
 
 
 def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool) -> torch.Tensor:
@@ -88,14 +88,14 @@ def gradalign(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     locally linear so that the single step stays a good attack. Only the second gradient is
     differentiated through (double backpropagation), as in the paper's code."""
     if ctx.eps == 0:
-        return _train_on(model, x, y)
+        return _train_on(model, x, y, ctx)
     grad_clean = input_grad(model, x, y, create_graph=False)
     # FGSM from zero: the step along the clean gradient, which we have already.
     x_adv = x + threat.step(x, torch.zeros_like(x), grad_clean, ctx.eps, ctx.eps, ctx.norm, ctx.bounds)
     eta = threat.random_start(x, ctx.eps, ctx.norm, ctx.bounds, ctx.generator)
     grad_noisy = input_grad(model, x + eta, y, create_graph=True)
     cos = F.cosine_similarity(grad_clean.flatten(1), grad_noisy.flatten(1), dim=1, eps=1e-12)
-    out = _train_on(model, x_adv, y)
+    out = _train_on(model, x_adv, y, ctx)
     out.loss = out.loss + ctx.params_for(GradAlignParams).gradalign_lambda * (1 - cos).mean()
     return out
 
@@ -120,7 +120,7 @@ def free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
     for _ in range(ctx.params_for(FreeParams).free_replays):
         delta.requires_grad_(True)
         logits = model(x + delta)
-        loss = F.cross_entropy(logits, y)
+        loss = ctx.ce(logits, y)
         update(loss)  # backward fills delta.grad beside the parameters' gradients
         delta = threat.step(x, delta.detach(), delta.grad, ctx.eps, ctx.eps, ctx.norm, ctx.bounds)
     carried = carried.clone()
@@ -183,11 +183,11 @@ def atta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
     recipe refuses random crops and flips (TrainConfig.validate), which would misalign them."""
     require_index(ctx, "atta")
     if ctx.eps == 0:
-        return _train_on(model, x, y)
+        return _train_on(model, x, y, ctx)
     start = _stored_start(x, ctx)
     delta = _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
     _remember(ctx, delta)
-    return _train_on(model, (x + delta).detach(), y)
+    return _train_on(model, (x + delta).detach(), y, ctx)
 
 
 @register_recipe("atta_free", single_step=True, per_example=True)
@@ -207,12 +207,12 @@ def atta_free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     update = require_update(ctx, "atta_free")
     require_index(ctx, "atta_free")
     if ctx.eps == 0:
-        return _train_on(model, x, y)
+        return _train_on(model, x, y, ctx)
     start = _stored_start(x, ctx)
     delta = _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
     x_adv = (x + delta).detach().requires_grad_(True)
     logits = model(x_adv)
-    loss = F.cross_entropy(logits, y)
+    loss = ctx.ce(logits, y)
     update(loss)  # backward fills x_adv.grad beside the parameters' gradients
     # An fp16 loss scale that overflowed (the scaler then skips the optimizer step) leaves inf or
     # NaN here: those examples keep delta (no second step) rather than a poisoned memory.
