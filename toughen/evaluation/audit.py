@@ -300,30 +300,15 @@ def load_factory_model(spec: str, weights: str | None, data_name: str, data_dir:
     """A model for `toughen audit --model`: ``MODULE:FUNCTION`` (a factory imported from the current
     directory or PYTHONPATH, returning an ``nn.Module`` that takes inputs in the data bounds), or
     a registered model name with a safetensors ``weights`` file (loaded without executing code)."""
-    import importlib
-    import sys
     from pathlib import Path
 
     from toughen.data import load_data
     from toughen.models import MODELS, build_model
+    from toughen.models.backbone import factory_model
     from toughen.runs import load_weights
 
     if ":" in spec:
-        module_name, _, func_name = spec.partition(":")
-        cwd = str(Path.cwd())
-        if cwd not in sys.path:
-            sys.path.insert(0, cwd)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ToughenUsageError(f"cannot import {module_name!r} for --model {spec}: {e}; run from the directory "
-                                    "that holds it or add it to PYTHONPATH") from None
-        factory = getattr(module, func_name, None)
-        if not callable(factory):
-            raise ToughenUsageError(f"{module_name} has no function {func_name!r} (--model MODULE:FUNCTION)")
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise ToughenUsageError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module")
+        model = factory_model(spec)
         if weights is not None:
             load_weights(model, Path(weights))
         return model.eval()

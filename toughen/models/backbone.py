@@ -178,7 +178,9 @@ def _timm(arch: str, input_shape: Sequence[int], num_classes: int, image_size: i
     return Backbone(adapt, net, cfg.get("classifier") or _last_linear(net))
 
 
-def _factory(spec: str, input_shape: Sequence[int], num_classes: int, image_size: int | None) -> Backbone:
+def factory_model(spec: str) -> nn.Module:
+    """The ``nn.Module`` that the function ``MODULE:FUNCTION`` returns, the module imported from the
+    current directory or ``PYTHONPATH`` (`toughen audit --model` and the backbones share this)."""
     module_name, _, func_name = spec.partition(":")
     cwd = str(Path.cwd())
     if cwd not in sys.path:
@@ -194,6 +196,11 @@ def _factory(spec: str, input_shape: Sequence[int], num_classes: int, image_size
     net = factory()
     if not isinstance(net, nn.Module):
         raise ToughenUsageError(f"--model {spec} returned {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def _factory(spec: str, input_shape: Sequence[int], num_classes: int, image_size: int | None) -> Backbone:
+    net = factory_model(spec)
     head_name = _last_linear(net)
     old = net.get_submodule(head_name)
     parent_name, _, attr = head_name.rpartition(".")
@@ -234,4 +241,4 @@ def check_trusted(name: str) -> None:
 
 
 __all__ = ["Backbone", "BackboneInput", "build_backbone", "check_spec", "check_trusted", "is_backbone",
-           "load_start_weights", "read_state_dict"]
+           "factory_model", "load_start_weights", "read_state_dict"]
