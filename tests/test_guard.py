@@ -29,6 +29,7 @@ from toughen.data import load_data
 from toughen.evaluation import attack_correct
 from toughen.models import build_model
 from toughen.train import TrainConfig, fit
+from toughen.train.guard import Guard
 from toughen.train.recipes import RECIPES
 
 EPS = 0.1
@@ -69,7 +70,7 @@ def test_guard_detects_a_natural_collapse_and_the_run_ends_more_robust(natural_c
     events = [e for row in history for e in row["guard_events"]]
     assert events, "the guard missed the collapse"
     first = events[0]
-    assert first["switched"] == "fgsm -> nfgsm"
+    assert first["switched"] == "fgsm -> atta_free" and first["sign"] == "fell"
     # the classic sign: PGD accuracy fell to a fraction of its best while FGSM accuracy stayed high
     assert first["probe_pgd_accuracy"] < 0.5 * first["best_probe_pgd_accuracy"]
     assert first["probe_fgsm_accuracy"] > 2 * first["probe_pgd_accuracy"]
@@ -112,10 +113,10 @@ def test_guard_detects_the_collapse_restores_and_switches(runs):
     events = [e for row in history for e in row["guard_events"]]
     assert len(events) == 1
     event = events[0]
-    assert event["event"] == "catastrophic_overfitting" and event["switched"] == "fgsm -> nfgsm"
+    assert event["event"] == "catastrophic_overfitting" and event["switched"] == "fgsm -> atta_free"
     assert event["epoch"] == 3 and event["probe_pgd_accuracy"] < 0.5 * event["best_probe_pgd_accuracy"]
     assert (event["restored_from"]["epoch"], event["restored_from"]["batch"]) <= (3, event["batch"])
-    assert [row["recipe"] for row in history] == ["fgsm", "fgsm", "nfgsm", "nfgsm"]
+    assert [row["recipe"] for row in history] == ["fgsm", "fgsm", "atta_free", "atta_free"]
     assert all(row["guard_forward_passes"] > 0 for row in history)
 
 
@@ -132,3 +133,53 @@ def test_guard_is_off_for_multi_step_recipes(digits):
     history = fit(model, digits, TrainConfig(data="digits", recipe="pgd", eps=EPS, epochs=1, steps=1,
                                              val_attack_steps=1), progress=False)
     assert history[0]["guard_forward_passes"] == 0 and history[0]["guard_events"] == []
+
+
+class _Probed(Guard):
+    """A guard whose probe reports given accuracies: the decision rule alone, on numbers."""
+
+    def __init__(self, cfg, digits, readings):
+        super().__init__(cfg, digits.x_val, digits.y_val)
+        self.readings = iter(readings)
+
+    def _accuracy(self, model, bounds, attack):
+        pgd_acc, fgsm_acc = self.current
+        return fgsm_acc if attack.name == "fgsm" else pgd_acc
+
+    def probe(self, model, bounds):
+        self.current = next(self.readings)
+        return self.current[0]
+
+
+def _decisions(digits, readings, **cfg):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", digits.input_shape, digits.num_classes, digits.mean, digits.std)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = _Probed(TrainConfig(data="digits", recipe="fgsm", **cfg), digits, readings)
+    return guard, [guard.check(model, optimizer, (0.0, 1.0), epoch, 10) for epoch in range(1, len(readings) + 1)]
+
+
+def test_guard_calls_a_run_fooled_by_its_single_step_attack(digits):
+    # fgsm at eps 0.3 on mnist5k, seed 0 (docs/benchmarks.md): PGD accuracy never rises, FGSM's does
+    guard, events = _decisions(digits, [(0.094, 0.25), (0.078, 0.42), (0.26, 0.49)])
+    assert events[0] is None and events[2] is None
+    event = events[1]
+    assert event["sign"] == "fooled" and event["switched"] == "fgsm -> atta_free"
+    assert event["restored_from"] == {"epoch": 1, "batch": 10}  # the first probe passed: not fooled
+    assert guard.recipe == "atta_free"
+
+
+def test_healthy_runs_are_not_called_fooled(digits):
+    # the lowest PGD/FGSM ratios of healthy runs at eps 0.3 (atta_free, pgd-2; seeds 0-2): 0.44-0.55;
+    # and below MIN_FOOLED_FGSM the ratio is noise
+    _, events = _decisions(digits, [(0.09, 0.22), (0.2, 0.46), (0.23, 0.41), (0.13, 0.29), (0.32, 0.55)])
+    assert events == [None] * 5
+
+
+def test_auto_fallback_is_pgd2_where_atta_free_cannot_run():
+    assert TrainConfig(recipe="fgsm").resolved_guard_fallback() == "atta_free"
+    assert TrainConfig(recipe="fgsm", crop_pad=4).resolved_guard_fallback() == "pgd2"
+    assert TrainConfig(recipe="fgsm", flip=True).resolved_guard_fallback() == "pgd2"
+    assert TrainConfig(recipe="fgsm").resolved_guard_fallback(distributed=True) == "pgd2"
+    assert TrainConfig(recipe="fgsm", crop_pad=4).validate().per_example_recipe() is None
+    assert TrainConfig(recipe="fgsm", guard_fallback="nfgsm").resolved_guard_fallback() == "nfgsm"

@@ -59,7 +59,9 @@ def train(
     guard: Optional[bool] = typer.Option(None, "--guard/--no-guard", help="Catastrophic-overfitting guard for "
                                          "single-step recipes (default on)."),
     guard_every: Optional[int] = typer.Option(None, help="Guard probe every N batches (default 0: once per epoch)."),
-    guard_fallback: Optional[str] = typer.Option(None, help="Recipe to switch to on a collapse (default nfgsm)."),
+    guard_fallback: Optional[str] = typer.Option(None, help="Recipe to switch to on a collapse: auto "
+                                                  "(default: atta_free, or pgd2 with crops, flips or torchrun), a "
+                                                  "recipe, or pgd2."),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
     optimizer: Optional[str] = typer.Option(None, help="adam (default) or sgd."),

@@ -18,6 +18,11 @@ OPTIMIZERS = ("sgd", "adam")
 # Every numeric field: its range (toughen.errors.check_number), checked before anything is
 # written. Upper bounds only where a larger value is surely a typo (a million epochs).
 _WHOLE_STEPS = dict(low=0, high=100_000, whole=True)
+# The guard's last fallback, and a fallback one may name: the pgd recipe with 2 steps.
+PGD2 = "pgd2"
+# The guard's default first fallback: atta_free where it can run, else PGD2 (guard.py says why).
+AUTO_FALLBACK = "auto"
+
 NUMBERS: dict[str, dict[str, Any]] = {
     "val_size": dict(low=0, above=True),
     "steps": _WHOLE_STEPS, "eval_steps": _WHOLE_STEPS, "val_attack_steps": {**_WHOLE_STEPS, "optional": True},
@@ -102,7 +107,9 @@ class TrainConfig:
     guard_n: int = 128  # validation examples in the fixed probe batch
     guard_steps: int = 5  # PGD steps of the probe
     guard_ratio: float = 0.5  # collapse: probe PGD accuracy < guard_ratio * its best so far
-    guard_fallback: str = "nfgsm"  # the first safer recipe to switch to (then pgd with 2 steps)
+    # the first safer recipe to switch to (then pgd with 2 steps); "auto": atta_free, or pgd2 where
+    # atta_free cannot run (crops, flips, torchrun)
+    guard_fallback: str = AUTO_FALLBACK
     # how to measure it
     val_attack_steps: int | None = None  # PGD steps on the validation split each epoch; default `steps`
     eval_steps: int = 20  # PGD steps for the test-split robust accuracy in summary.json
@@ -203,11 +210,17 @@ class TrainConfig:
         is a single-step one."""
         return self.guard and traits(self.recipe).single_step
 
-    def per_example_recipe(self) -> str | None:
+    def resolved_guard_fallback(self, distributed: bool = False) -> str:
+        """The guard's first fallback: ``guard_fallback``, with "auto" settled for this run."""
+        if self.guard_fallback != AUTO_FALLBACK:
+            return self.guard_fallback
+        return PGD2 if self.crop_pad or self.flip or distributed else "atta_free"
+
+    def per_example_recipe(self, distributed: bool = False) -> str | None:
         """The recipe of this run, or the guard's fallback, that remembers each training example
         between epochs (atta, atta_free), if any: it cannot take crops, flips or torchrun."""
-        candidates = [self.recipe] + ([self.guard_fallback] if self.guarded() else [])
-        return next((r for r in candidates if traits(r).per_example), None)
+        candidates = [self.recipe] + ([self.resolved_guard_fallback(distributed)] if self.guarded() else [])
+        return next((r for r in candidates if r != PGD2 and traits(r).per_example), None)
 
     def _validate_recipe_params(self) -> None:
         declared = declared_parameters()
@@ -237,7 +250,8 @@ class TrainConfig:
         if self.select_attack not in SELECT_ATTACKS:
             raise ToughenUsageError(f"unknown select_attack {self.select_attack!r}; choose one of: "
                                     f"{', '.join(SELECT_ATTACKS)}")
-        RECIPES.get(self.guard_fallback)
+        if self.guard_fallback not in (PGD2, AUTO_FALLBACK):
+            RECIPES.get(self.guard_fallback)
         if self.awp and not traits(self.recipe).awp:
             names = awp_recipes()
             listed = " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)

@@ -72,6 +72,7 @@ class EpochTally:
     val_passes: tuple[int, int] = (0, 0)
     guard_seconds: float = 0.0
     events: list[dict] = field(default_factory=list)  # the guard's
+    guard_probe: dict[str, float] | None = None  # the guard's last probe of the epoch: PGD and FGSM accuracy
 
     def count(self, out: StepOutput, y: torch.Tensor) -> None:
         """Add a batch's loss and, where the recipe returned them, its clean and adversarial hits."""
@@ -113,6 +114,7 @@ def probe_guard(state: TrainingState, tally: EpochTally, counter: PassCounter, e
     state.model.train()
     if event is not None:
         tally.events.append(event)
+    tally.guard_probe = state.guard.last_probe
     tally.guard_seconds += time.perf_counter() - start
     tally.add_guard_passes(counter.take())
 
@@ -142,6 +144,7 @@ def metrics_row(epoch: int, recipe: str, tally: EpochTally, val_clean: float, va
         # against a standard epoch: one forward and one backward pass per training example
         "cost_multiplier": work / (2 * n_train),
         "guard_events": tally.events,
+        "guard_probe": tally.guard_probe,
         "seconds": seconds,
         "guard_seconds": tally.guard_seconds,
         "val_seconds": val_seconds,

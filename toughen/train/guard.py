@@ -6,12 +6,27 @@ loss surface becomes so curved that one gradient step no longer finds the advers
 examples that a few steps do (Wong et al. 2020, "Fast is better than free"; Andriushchenko and
 Flammarion 2020). On MNIST the clean accuracy often falls with it.
 
-The guard runs a cheap PGD probe on a fixed batch of validation examples (same examples, same
-random start every time, so probes are comparable and consume no training randomness). When
-the probe's PGD accuracy falls below ``guard_ratio`` times its best so far, it restores the
-weights and optimizer state of the last probe that passed, and switches the run to a safer
-recipe: ``guard_fallback`` (N-FGSM by default), and after a second collapse PGD with 2 steps.
-Every probe within ``GOOD_FRACTION`` of the best becomes the new "last good" snapshot.
+The guard runs a cheap PGD probe and an FGSM probe on a fixed batch of validation examples (same
+examples, same random start every time, so probes are comparable and consume no training
+randomness). It calls a collapse either of two signs:
+
+- *fell*: the probe's PGD accuracy fell below ``guard_ratio`` times its best so far (the run was
+  robust, then lost it);
+- *fooled*: the probe's FGSM accuracy is at least ``MIN_FOOLED_FGSM`` while its PGD accuracy is
+  below ``FOOLED_RATIO`` times it. A run that overfits its single-step attack from the first
+  epoch (``fgsm`` at eps 0.3 on MNIST) never gains PGD accuracy to lose, so "fell" cannot see it,
+  yet its FGSM accuracy climbs to the clean accuracy while PGD's stays near 0.
+
+On a collapse it restores the weights and optimizer state of the last probe that passed (when
+there is one), and switches the run to a safer recipe: ``guard_fallback``, and after a second
+collapse PGD with 2 steps. Every probe within ``GOOD_FRACTION`` of the best that is not fooled
+becomes the new "last good" snapshot.
+
+The default fallback ("auto") is ``atta_free``, or PGD-2 where atta_free cannot run (random crops
+or flips, torchrun), chosen by measurement (docs/training.md; fgsm at eps 0.3 on mnist5k, 8
+epochs, seeds 0-2): switched to atta_free the collapsed run ended at 36.6-42.3% PGD-20 accuracy,
+to PGD-2 at 18.5-20.0%, to N-FGSM (the default before) at 9.8% with clean accuracy at chance (N-FGSM's
+unclipped noise of 2 eps plus a step of eps is most of the image at MNIST's eps).
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ from torch import nn
 
 from toughen.attacks import Attack
 from toughen.evaluation import attack_correct
-from toughen.train.config import TrainConfig
+from toughen.train.config import PGD2, TrainConfig
 
 # Below this best probe accuracy a "drop to half" is within the noise of a 128-example probe
 # (and early in training, or during an eps warm-up, the best is still rising from 0).
@@ -32,15 +47,21 @@ MIN_BEST = 0.1
 # A snapshot is "good" only when its probe is near the best, so that a restore does not land on
 # weights already sliding towards the collapse (with their optimizer momentum).
 GOOD_FRACTION = 0.8
-PGD2 = "pgd2"  # the last fallback: the pgd recipe with 2 steps
+# "Fooled" needs the single-step attack to have been beaten on a fair share of the probe: early in
+# a healthy run both accuracies are small, and their ratio is noise.
+MIN_FOOLED_FGSM = 0.3
+# Healthy runs at MNIST's eps 0.3 keep PGD-5 accuracy at 0.44-0.55 of FGSM's in their first epochs
+# (atta_free, pgd-2, seed 0); a run fooled by its FGSM training sits at about 0.1.
+FOOLED_RATIO = 0.25
 
 
 class Guard:
     """Probe, decide, restore, switch. ``active`` is False for multi-step recipes or when the
     guard is turned off; then it does nothing."""
 
-    def __init__(self, cfg: TrainConfig, x_val: torch.Tensor, y_val: torch.Tensor):
+    def __init__(self, cfg: TrainConfig, x_val: torch.Tensor, y_val: torch.Tensor, distributed: bool = False):
         self.cfg = cfg
+        self.fallback = cfg.resolved_guard_fallback(distributed)
         self.active = cfg.guarded()
         self.x, self.y = x_val[: cfg.guard_n], y_val[: cfg.guard_n]
         self.recipe = cfg.recipe  # the recipe now in use; changes on a collapse
@@ -48,6 +69,7 @@ class Guard:
         self.events: list[dict[str, Any]] = []
         self.probes = 0
         self._good: dict[str, Any] | None = None  # the last snapshot that passed
+        self.last_probe: dict[str, float] | None = None  # the last probe's accuracies, for the metrics row
 
     # ---------------------------------------------------------------- probe
     def _accuracy(self, model: nn.Module, bounds: tuple[float, float], attack: Attack) -> float:
@@ -70,11 +92,12 @@ class Guard:
             return None
         self.probes += 1
         pgd_acc = self.probe(model, bounds)
-        if self.best >= MIN_BEST and pgd_acc < self.cfg.guard_ratio * self.best and self._good is not None:
-            # FGSM's accuracy only goes into the record (the sign of a collapse: it holds while
-            # PGD's falls), so it is measured only here, before the restore.
-            fgsm_acc = self._accuracy(model, bounds, Attack("fgsm"))
-            return self._recover(model, optimizer, epoch, batch, pgd_acc, fgsm_acc)
+        fgsm_acc = self._accuracy(model, bounds, Attack("fgsm"))
+        self.last_probe = {"pgd": pgd_acc, "fgsm": fgsm_acc}
+        fell = self.best >= MIN_BEST and pgd_acc < self.cfg.guard_ratio * self.best and self._good is not None
+        fooled = fgsm_acc >= MIN_FOOLED_FGSM and pgd_acc < FOOLED_RATIO * fgsm_acc
+        if fell or fooled:
+            return self._recover(model, optimizer, epoch, batch, pgd_acc, fgsm_acc, "fell" if fell else "fooled")
         self.best = max(self.best, pgd_acc)
         if pgd_acc < GOOD_FRACTION * self.best:
             return None
@@ -85,27 +108,30 @@ class Guard:
         }
         return None
 
-    def _recover(self, model, optimizer, epoch, batch, pgd_acc, fgsm_acc) -> dict[str, Any]:
+    def _recover(self, model, optimizer, epoch, batch, pgd_acc, fgsm_acc, sign: str) -> dict[str, Any]:
         good = self._good
-        model.load_state_dict(good["model"])
-        optimizer.load_state_dict(copy.deepcopy(good["optimizer"]))
+        if good is not None:
+            model.load_state_dict(good["model"])
+            optimizer.load_state_dict(copy.deepcopy(good["optimizer"]))
         before = self.recipe
         self.recipe = self._next_recipe()
         event = {
             "event": "catastrophic_overfitting",
+            "sign": sign,
             "epoch": epoch,
             "batch": batch,
             "probe_pgd_accuracy": pgd_acc,
             "probe_fgsm_accuracy": fgsm_acc,
             "best_probe_pgd_accuracy": self.best,
-            "restored_from": {"epoch": good["epoch"], "batch": good["batch"]},
+            # None: no probe had passed yet, so the run goes on from its current weights
+            "restored_from": {"epoch": good["epoch"], "batch": good["batch"]} if good is not None else None,
             "switched": f"{before} -> {self.recipe}",
         }
         self.events.append(event)
         return event
 
     def _next_recipe(self) -> str:
-        chain = [self.cfg.guard_fallback, PGD2]
+        chain = [self.fallback, PGD2]
         if self.recipe in chain:
             return chain[min(chain.index(self.recipe) + 1, len(chain) - 1)]
         return chain[0] if chain[0] != self.recipe else PGD2
@@ -113,8 +139,9 @@ class Guard:
     # ---------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "best": self.best, "events": self.events, "probes": self.probes,
-                "good": self._good}
+                "good": self._good, "last_probe": self.last_probe}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.recipe, self.best = state["recipe"], state["best"]
         self.events, self.probes, self._good = state["events"], state["probes"], state["good"]
+        self.last_probe = state.get("last_probe")  # absent from checkpoints written before it was kept

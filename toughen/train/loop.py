@@ -245,7 +245,7 @@ def fit(
 
 def check_distributable(cfg: TrainConfig, dist: Dist) -> None:
     """Refuse, under torchrun, a recipe that keeps each example's perturbation in its process."""
-    per_example = cfg.per_example_recipe()
+    per_example = cfg.per_example_recipe(distributed=dist.enabled)
     if dist.enabled and per_example is not None:
         raise ToughenUsageError(
             f"the {per_example} recipe keeps each example's perturbation in the process that attacked it, and "

@@ -68,7 +68,7 @@ class TrainingState:
         shuffle_gen = torch.Generator().manual_seed(cfg.seed)
         # Ranks draw different random starts; rank 0 (the only one of a single process) keeps seed + 1.
         attack_gen = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed + 1, dist.rank))
-        guard = Guard(cfg, splits.x_val, splits.y_val)
+        guard = Guard(cfg, splits.x_val, splits.y_val, distributed=dist.enabled)
         ctx = RecipeContext(
             eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, step_size=cfg.resolved_step_size(), bounds=splits.bounds,
             params=dict(cfg.recipe_params), generator=attack_gen, train_size=len(splits.x_train),
