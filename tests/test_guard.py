@@ -13,7 +13,9 @@ The thresholds hold with a margin measured over seeds 0-2 and three CPUs (the de
 EPYC, ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 and =AVX2; `python tests/margins/guard_collapse.py`):
 unguarded, the early validation PGD accuracy was 0.15-0.25 (test: >= 0.1), the last at most 0.41 of
 it (test: < 0.5), test PGD accuracy at most 0.068 (test: < 0.1), clean accuracy at least 0.858
-(test: > 0.8); the guarded run ended 0.09-0.39 above the unguarded one (test: > 0.05).
+(test: > 0.8). The guarded run switches to atta_free (the default fallback since 2026-12-03) and
+ends at 0.41-0.50, 0.38-0.46 above the unguarded one (test: > 0.2; with the old fallback, nfgsm
+then PGD-2, it was 0.09-0.39 above, and the test asked > 0.05).
 
 The last ones use an induced collapse (wrong labels from the third epoch) on the small digits,
 which makes the restore and switch bookkeeping exact to check.
@@ -70,12 +72,16 @@ def test_guard_detects_a_natural_collapse_and_the_run_ends_more_robust(natural_c
     events = [e for row in history for e in row["guard_events"]]
     assert events, "the guard missed the collapse"
     first = events[0]
-    assert first["switched"] == "fgsm -> atta_free" and first["sign"] == "fell"
-    # the classic sign: PGD accuracy fell to a fraction of its best while FGSM accuracy stayed high
-    assert first["probe_pgd_accuracy"] < 0.5 * first["best_probe_pgd_accuracy"]
+    assert first["switched"] == "fgsm -> atta_free"
+    # the classic sign: PGD accuracy fell to a fraction of its best (or, "fooled", to a quarter of
+    # FGSM's, whichever the probe saw first) while FGSM accuracy stayed high
+    if first["sign"] == "fell":
+        assert first["probe_pgd_accuracy"] < 0.5 * first["best_probe_pgd_accuracy"]
+    else:
+        assert first["sign"] == "fooled" and first["probe_pgd_accuracy"] < 0.25 * first["probe_fgsm_accuracy"]
     assert first["probe_fgsm_accuracy"] > 2 * first["probe_pgd_accuracy"]
     _, unguarded = natural_collapse["unguarded"]
-    assert robust > unguarded + 0.05, (robust, unguarded)
+    assert robust > unguarded + 0.2, (robust, unguarded)
 
 
 _batches = [0]
