@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from toughen.errors import ToughenUsageError
-from toughen.models import build_model, is_backbone
+from toughen.models import build_model
 from toughen.models.backbone import check_trusted
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "summary.json", "evaluations.jsonl",
@@ -241,8 +241,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     weights = run_weights(run_dir)
     data = cfg["data_info"]
     train = cfg["train"]
-    if is_backbone(train["model"]):
-        check_trusted(train["model"])  # a factory model is Python code the run only names
+    check_trusted(train["model"])  # a factory model is Python code the run only names
     model = build_model(
         train["model"], data["input_shape"], data["num_classes"],
         mean=data["mean"] if train["normalize"] else None, std=data["std"] if train["normalize"] else None,

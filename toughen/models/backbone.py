@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toughen.errors import ToughenUsageError
+from toughen.models.layers import Normalize
 
 TIMM = "timm:"
 TRUST_CODE_ENV = "TOUGHEN_TRUST_CODE"
@@ -71,22 +72,17 @@ class BackboneInput(nn.Module):
             raise ToughenUsageError(f"the backbone takes {channels}-channel images; the data has {in_channels}")
         self.repeat = channels if in_channels == 1 and channels != 1 else 1
         self.size = size
-        self.normalize = mean is not None
-        if self.normalize:
-            self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
-            self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self.normalize = Normalize(mean, std) if mean is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.repeat > 1:
             x = x.expand(-1, self.repeat, -1, -1)
         if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        if self.normalize:
-            x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        return x
+        return self.normalize(x) if self.normalize is not None else x
 
     def extra_repr(self) -> str:
-        return f"repeat={self.repeat}, size={self.size}, normalize={self.normalize}"
+        return f"repeat={self.repeat}, size={self.size}"
 
 
 class Backbone(nn.Module):
@@ -234,8 +230,9 @@ def load_start_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def check_trusted(name: str) -> None:
-    """Before a run's factory model is rebuilt from its config: importing it runs its code."""
-    if not name.startswith(TIMM) and os.environ.get(TRUST_CODE_ENV) != "1":
+    """Before a run's model is rebuilt from its config: a factory model's import runs its code, so
+    it needs TOUGHEN_TRUST_CODE=1 (registered models and timm:NAME are names, not code)."""
+    if is_backbone(name) and not name.startswith(TIMM) and os.environ.get(TRUST_CODE_ENV) != "1":
         raise ToughenUsageError(f"this run's model is built by {name}, Python code outside the run; toughen imports "
                                 f"it only when told to: set {TRUST_CODE_ENV}=1 if you trust it")
 

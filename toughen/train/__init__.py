@@ -20,7 +20,7 @@ from toughen._version import __version__
 from toughen.attacks import Attack
 from toughen.data import load_data
 from toughen.evaluation import attack_correct, clean_correct
-from toughen.models import build_model, is_backbone
+from toughen.models import build_model
 from toughen.models.backbone import check_trusted, load_start_weights
 from toughen.errors import ToughenUsageError
 from toughen.runs import (
@@ -176,8 +176,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, device: str = "cpu") -
     if (run_dir / "summary.json").is_file():
         raise ToughenUsageError(f"{run_dir} has finished (summary.json exists); there is nothing to resume")
     cfg = TrainConfig.from_dict(read_config(run_dir)["train"])
-    if is_backbone(cfg.model):
-        check_trusted(cfg.model)  # a factory model is Python code the run only names
+    check_trusted(cfg.model)  # a factory model is Python code the run only names
     return train(cfg, run_dir, progress=progress, device=device, resume=True)
 
 
