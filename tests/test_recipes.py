@@ -173,10 +173,12 @@ def test_pass_counter_counts_forward_and_backward(standard_model, test_batch):
     standard_model.zero_grad(set_to_none=True)
 
 
-def test_pgd_training_is_madrys_loop_written_by_hand(digits):
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_pgd_training_is_madrys_loop_written_by_hand(digits, smoothing):
     """One epoch of the `pgd` recipe in the loop gives bit for bit the weights of Madry's
     min-max written out by hand (same shuffle and random starts, drawn from the generators the
-    loop seeds: the shuffle from `seed`, the attack from `seed + 1`)."""
+    loop seeds: the shuffle from `seed`, the attack from `seed + 1`). Label smoothing (0.2 is the
+    default) smooths the training loss only; the attack maximizes the plain cross-entropy."""
     import torch.nn.functional as F
 
     seed, eps, steps, alpha = 3, 0.1, 3, 0.05
@@ -187,7 +189,8 @@ def test_pgd_training_is_madrys_loop_written_by_hand(digits):
     ours, hand = models
     fit(ours, digits, TrainConfig(data="digits", recipe="pgd", eps=eps, steps=steps, step_size=alpha, epochs=1,
                                   batch_size=64, lr=1e-3, lr_schedule="constant", seed=seed, val_attack_steps=1,
-                                  select="last", amp=None, channels_last=False), progress=False)
+                                  select="last", amp=None, channels_last=False, label_smoothing=smoothing),
+        progress=False)
     opt = torch.optim.Adam(hand.parameters(), lr=1e-3)
     shuffle, starts = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     order = torch.randperm(len(digits.x_train), generator=shuffle)
@@ -199,7 +202,7 @@ def test_pgd_training_is_madrys_loop_written_by_hand(digits):
             (grad,) = torch.autograd.grad(F.cross_entropy(hand(x + delta), y), delta)
             delta = (x + (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)).clamp(0, 1) - x
         opt.zero_grad()
-        F.cross_entropy(hand(x + delta), y).backward()
+        F.cross_entropy(hand(x + delta), y, label_smoothing=smoothing).backward()
         opt.step()
     for (name, a), b in zip(ours.state_dict().items(), hand.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
