@@ -40,7 +40,7 @@ def _trained(splits, recipe: str, epochs: int, eps: float = 0.1, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model("small_cnn", splits.input_shape, splits.num_classes, splits.mean, splits.std)
     # fp32 and NCHW, not "auto": the models the attack tests share are the same on every CPU.
-    # No label smoothing (the default's 0.2): it weakens cross-entropy attacks on the robust model
+    # No label smoothing, whatever the default: it weakens cross-entropy attacks on the robust model
     # (APGD-CE-50 leaves 3-4 points more than the standard suite at seeds 0-2; 0-1 points without), and
     # the attack tests need a model whose gradients are honest (docs/training.md)
     cfg = TrainConfig(data="digits", recipe=recipe, eps=eps, epochs=epochs, steps=5, lr=2e-3, seed=seed,

@@ -177,8 +177,8 @@ def test_pass_counter_counts_forward_and_backward(standard_model, test_batch):
 def test_pgd_training_is_madrys_loop_written_by_hand(digits, smoothing):
     """One epoch of the `pgd` recipe in the loop gives bit for bit the weights of Madry's
     min-max written out by hand (same shuffle and random starts, drawn from the generators the
-    loop seeds: the shuffle from `seed`, the attack from `seed + 1`). Label smoothing (0.2 is the
-    default) smooths the training loss only; the attack maximizes the plain cross-entropy."""
+    loop seeds: the shuffle from `seed`, the attack from `seed + 1`). Label smoothing
+    (`--label-smoothing`) smooths the training loss only; the attack maximizes the plain cross-entropy."""
     import torch.nn.functional as F
 
     seed, eps, steps, alpha = 3, 0.1, 3, 0.05

@@ -41,7 +41,7 @@ def train(
     step_size: Optional[str] = typer.Option(None, help="Attack step size; default 2.5 * eps / steps."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient's global L2 norm to this."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing of the training loss's "
-                                                    "cross-entropy (default 0.2; 0 turns it off; not MART's loss)."),
+                                                    "cross-entropy, e.g. 0.1 (default 0; not MART's loss)."),
     ema: Optional[float] = typer.Option(None, "--ema", metavar="DECAY", help="Keep an exponential moving average "
                                         "of the weights (e.g. 0.995): it is validated, selected, saved and "
                                         "evaluated; model_raw.safetensors keeps the trained weights."),

@@ -175,11 +175,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, device: str = "cpu") -
     run_dir = Path(run_dir)
     if (run_dir / "summary.json").is_file():
         raise ToughenUsageError(f"{run_dir} has finished (summary.json exists); there is nothing to resume")
-    saved = read_config(run_dir)["train"]
-    # a run started before label smoothing existed trained without it; today's default (0.2) would
-    # change the rest of its training
-    saved.setdefault("label_smoothing", 0.0)
-    cfg = TrainConfig.from_dict(saved)
+    cfg = TrainConfig.from_dict(read_config(run_dir)["train"])
     check_trusted(cfg.model)  # a factory model is Python code the run only names
     return train(cfg, run_dir, progress=progress, device=device, resume=True)
 

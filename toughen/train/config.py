@@ -74,9 +74,8 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    # label smoothing of the training loss's cross-entropy (not MART's, not the attacks'); 0: off.
-    # 0.2: the best of 0 / 0.1 / 0.2 on mnist5k's validation split at seeds 0-2 (docs/training.md)
-    label_smoothing: float = 0.2
+    # label smoothing of the training loss's cross-entropy (not MART's, not the attacks'); 0: off
+    label_smoothing: float = 0.0
     lr_schedule: str = "onecycle"
     eps_warmup: float = 0.0  # fraction of training over which eps ramps linearly from 0
     crop_pad: int = 0  # every recipe: random crops of each training image padded by this many pixels, on the device
