@@ -377,3 +377,59 @@ def test_label_smoothing_is_the_training_losss_alone(recipe, digits):
         expected = expected + kl
     assert torch.allclose(smooth.loss, expected, atol=1e-6)
     assert not torch.allclose(smooth.loss, plain.loss)
+
+
+def _bn_net() -> nn.Module:
+    """A small net with BatchNorm and dropout, for the attack's BatchNorm mode."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.1),
+                         nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+# the recipes whose attack points come from passes of their own (free's are its training passes)
+CRAFTING = ["pgd", "mix", "trades", "mart", "fgsm", "fgsm_rs", "nfgsm", "gradalign", "atta", "atta_free"]
+
+
+@pytest.mark.parametrize("recipe", CRAFTING)
+def test_attack_bn_eval_keeps_the_attack_out_of_batchnorm(recipe, digits):
+    """attack_bn="eval": the attack's passes use BatchNorm's running statistics and do not move
+    them, so a step counts only its training passes in num_batches_tracked; "train" counts the
+    attack's too. Afterwards BatchNorm is back in training mode and dropout was never switched."""
+    x, y = digits.x_train[:16], digits.y_train[:16]
+
+    def tracked(mode):
+        model = _bn_net().train()
+        modes = []
+        model[3].register_forward_pre_hook(lambda m, args: modes.append(m.training))
+        ctx = RecipeContext(eps=0.1, steps=3, step_size=0.05, generator=torch.Generator().manual_seed(1),
+                            index=torch.arange(16), train_size=16, update=lambda loss: loss.backward(),
+                            attack_bn=mode)
+        RECIPES.get(recipe)(model, x, y, ctx)
+        assert model[1].training and all(modes)  # BatchNorm restored; dropout always in training mode
+        return int(model[1].num_batches_tracked)
+
+    train_mode, eval_mode = tracked("train"), tracked("eval")
+    assert eval_mode < train_mode
+    if recipe == "pgd":  # three attack steps and the training pass
+        assert (train_mode, eval_mode) == (4, 1)
+
+
+def test_attack_bn_eval_crafts_as_the_model_in_eval_mode_would(digits):
+    """ctx.attack under attack_bn="eval" is PGD on the model with BatchNorm in eval mode, draw for
+    draw, and leaves the running statistics as they were."""
+    x, y = digits.x_train[:16], digits.y_train[:16]
+    model = _bn_net()
+    model[3].p = 0.0  # no dropout noise, so the two runs see the same network
+    before = model[1].running_mean.clone()
+    ctx = RecipeContext(eps=0.1, steps=3, step_size=0.05, generator=torch.Generator().manual_seed(1), attack_bn="eval")
+    ours = ctx.attack(model.train(), x, y)
+    assert torch.equal(model[1].running_mean, before) and model[1].training
+    reference = RecipeContext(eps=0.1, steps=3, step_size=0.05, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ours, reference.attack(model.eval(), x, y))
+
+
+def test_attack_bn_is_checked(digits):
+    with pytest.raises(ToughenUsageError, match="choose one of: train, eval"):
+        TrainConfig(attack_bn="frozen").validate()
+    with pytest.raises(ToughenUsageError, match="does not apply to recipe free"):
+        TrainConfig(recipe="free", attack_bn="eval").validate()

@@ -42,6 +42,9 @@ def train(
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient's global L2 norm to this."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing of the training loss's "
                                                     "cross-entropy, e.g. 0.1 (default 0; not MART's loss)."),
+    attack_bn: Optional[str] = typer.Option(None, help="BatchNorm while the training attack is crafted: train "
+                                            "(batch statistics, the default) or eval (running statistics, "
+                                            "not updated by the attack)."),
     ema: Optional[float] = typer.Option(None, "--ema", metavar="DECAY", help="Keep an exponential moving average "
                                         "of the weights (e.g. 0.995): it is validated, selected, saved and "
                                         "evaluated; model_raw.safetensors keeps the trained weights."),
@@ -110,7 +113,7 @@ def train(
         patience=patience, guard=guard, guard_every=guard_every, guard_fallback=guard_fallback, crop_pad=crop_pad,
         flip=flip, compile=compile_model, ema=ema, ema_warmup=ema_warmup, awp=awp,
         weights=str(weights) if weights is not None else None, freeze_epochs=freeze_epochs,
-        label_smoothing=label_smoothing,
+        label_smoothing=label_smoothing, attack_bn=attack_bn,
     ))
     values.update(recipe_values(recipe_flags))
     if amp is not None:

@@ -21,11 +21,12 @@ declaration (:func:`declared_parameters`); nothing else needs to be edited.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +125,9 @@ class RecipeContext:
     # Label smoothing of the training loss's cross-entropy (never of an attack's loss): the weight
     # moved from the true class to a uniform target, as torch's cross_entropy(label_smoothing=...)
     label_smoothing: float = 0.0
+    # BatchNorm while the training attack is crafted: "train" (batch statistics; each attack pass
+    # also moves the running averages) or "eval" (the running statistics, left as they are)
+    attack_bn: str = "train"
 
     def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training loss's cross-entropy, with the run's label smoothing."""
@@ -134,15 +138,33 @@ class RecipeContext:
         names = {f.name for f in dataclasses.fields(declared)}
         return declared(**{k: v for k, v in self.params.items() if k in names})
 
+    @contextlib.contextmanager
+    def crafting(self, model: nn.Module) -> Iterator[None]:
+        """The passes inside the block only look for attack points: with ``attack_bn="eval"`` the
+        model's BatchNorm layers use their running statistics there and leave them unchanged (Pang
+        et al. 2021, "Bag of Tricks for Adversarial Training"); every other layer keeps its mode."""
+        if self.attack_bn != "eval":
+            yield
+            return
+        switched = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        for m in switched:
+            m.eval()
+        try:
+            yield
+        finally:
+            for m in switched:
+                m.train()
+
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training attack: PGD from a random start, last iterate (as in Madry et al.)."""
         if self.eps == 0:
             return x
         step_size = self.step_size if self.step_size is not None else threat.default_step_size(self.eps, self.steps)
-        return pgd(
-            model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, step_size=step_size,
-            bounds=self.bounds, keep_best=False, generator=self.generator,
-        )
+        with self.crafting(model):
+            return pgd(
+                model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, step_size=step_size,
+                bounds=self.bounds, keep_best=False, generator=self.generator,
+            )
 
 
 @dataclass

@@ -42,6 +42,9 @@ NUMBERS: dict[str, dict[str, Any]] = {
 LR_SCHEDULES = ("constant", "onecycle", "cosine", "piecewise")
 SELECT_MODES = ("best", "last")
 SELECT_ATTACKS = ("pgd", "apgd")
+# BatchNorm while the training attack is crafted: batch statistics (and their running averages
+# updated by every attack pass, as Madry et al.'s code does) or the running statistics, untouched
+ATTACK_BN_MODES = ("train", "eval")
 
 
 @dataclass(init=False)
@@ -76,6 +79,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     # label smoothing of the training loss's cross-entropy (not MART's, not the attacks'); 0: off
     label_smoothing: float = 0.0
+    # BatchNorm's mode while the training attack is crafted (Pang et al. 2021): "train" or "eval"
+    attack_bn: str = "train"
     lr_schedule: str = "onecycle"
     eps_warmup: float = 0.0  # fraction of training over which eps ramps linearly from 0
     crop_pad: int = 0  # every recipe: random crops of each training image padded by this many pixels, on the device
@@ -168,7 +173,7 @@ class TrainConfig:
         else:
             MODELS.get(self.model)
         RECIPES.get(self.recipe)
-        for name in ("data", "model", "recipe", "norm", "optimizer", "lr_schedule", "select", "select_attack",
+        for name in ("data", "model", "recipe", "norm", "optimizer", "lr_schedule", "select", "select_attack", "attack_bn",
                      "guard_fallback"):
             if not isinstance(getattr(self, name), str):
                 raise ToughenUsageError(f"{name} must be a name, got {getattr(self, name)!r}")
@@ -250,6 +255,11 @@ class TrainConfig:
         if self.select_attack not in SELECT_ATTACKS:
             raise ToughenUsageError(f"unknown select_attack {self.select_attack!r}; choose one of: "
                                     f"{', '.join(SELECT_ATTACKS)}")
+        if self.attack_bn not in ATTACK_BN_MODES:
+            raise ToughenUsageError(f"unknown attack_bn {self.attack_bn!r}; choose one of: {', '.join(ATTACK_BN_MODES)}")
+        if self.attack_bn == "eval" and self.recipe == "free":
+            raise ToughenUsageError("attack_bn eval does not apply to recipe free: its attack steps are its training "
+                                    "passes; leave attack_bn at train")
         if self.guard_fallback not in (PGD2, AUTO_FALLBACK):
             RECIPES.get(self.guard_fallback)
         if self.awp and not traits(self.recipe).awp:

@@ -7,7 +7,9 @@ any training loop::
     out = RECIPES.get("pgd")(model, x, y, ctx)
     out.loss.backward(); optimizer.step()
 
-The loop in :mod:`toughen.train.loop` sets the model's mode; recipes never change it.
+The loop in :mod:`toughen.train.loop` sets the model's mode; recipes change it only inside
+``ctx.crafting``, which puts BatchNorm in eval mode while an attack is crafted when the run asks
+for ``attack_bn="eval"``.
 
 A recipe returns the loss and the loop takes the optimizer step, except for a recipe that
 needs what happens around it (``free`` takes several steps per batch, ``atta_free`` reads the
@@ -105,12 +107,13 @@ def kl_ascent(model: nn.Module, x: torch.Tensor, p_clean: torch.Tensor, ctx: Rec
     step_size = ctx.step_size if ctx.step_size is not None else threat.default_step_size(ctx.eps, ctx.steps)
     noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
     delta = threat.clamp_to_bounds(x, 0.001 * noise, ctx.bounds)
-    for _ in range(ctx.steps):
-        delta.requires_grad_(True)
-        with torch.enable_grad():
-            kl = F.kl_div(F.log_softmax(model(x + delta), dim=1).float(), p_clean, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, delta)
-        delta = threat.step(x, delta.detach(), grad, step_size, ctx.eps, ctx.norm, ctx.bounds)
+    with ctx.crafting(model):
+        for _ in range(ctx.steps):
+            delta.requires_grad_(True)
+            with torch.enable_grad():
+                kl = F.kl_div(F.log_softmax(model(x + delta), dim=1).float(), p_clean, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, delta)
+            delta = threat.step(x, delta.detach(), grad, step_size, ctx.eps, ctx.norm, ctx.bounds)
     return (x + delta).detach()
 
 

@@ -29,8 +29,9 @@ def _one_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     """One PGD step (toughen.attacks.pgd with steps=1, last iterate): FGSM and its variants."""
     if ctx.eps == 0:
         return x
-    return pgd(model, x, y, eps=ctx.eps, norm=ctx.norm, steps=1, step_size=step_size,
-               random_start=random_start, bounds=ctx.bounds, keep_best=False, generator=ctx.generator)
+    with ctx.crafting(model):
+        return pgd(model, x, y, eps=ctx.eps, norm=ctx.norm, steps=1, step_size=step_size,
+                   random_start=random_start, bounds=ctx.bounds, keep_best=False, generator=ctx.generator)
 
 
 def _train_on(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
@@ -61,8 +62,9 @@ def nfgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext
         return _train_on(model, x, y, ctx)
     x_noisy = x + threat.random_start(x, 2 * ctx.eps, ctx.norm, ctx.bounds, ctx.generator)
     # An FGSM step of size eps centred at the noisy point: its eps-ball projection is a no-op.
-    x_adv = pgd(model, x_noisy, y, eps=ctx.eps, norm=ctx.norm, steps=1, step_size=ctx.eps,
-                random_start=False, bounds=ctx.bounds, keep_best=False)
+    with ctx.crafting(model):
+        x_adv = pgd(model, x_noisy, y, eps=ctx.eps, norm=ctx.norm, steps=1, step_size=ctx.eps,
+                    random_start=False, bounds=ctx.bounds, keep_best=False)
     return _train_on(model, x_adv, y, ctx)
 
 
@@ -89,7 +91,8 @@ def gradalign(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     differentiated through (double backpropagation), as in the paper's code."""
     if ctx.eps == 0:
         return _train_on(model, x, y, ctx)
-    grad_clean = input_grad(model, x, y, create_graph=False)
+    with ctx.crafting(model):  # the FGSM direction; the regularizer takes it as a constant
+        grad_clean = input_grad(model, x, y, create_graph=False)
     # FGSM from zero: the step along the clean gradient, which we have already.
     x_adv = x + threat.step(x, torch.zeros_like(x), grad_clean, ctx.eps, ctx.eps, ctx.norm, ctx.bounds)
     eta = threat.random_start(x, ctx.eps, ctx.norm, ctx.bounds, ctx.generator)
@@ -185,7 +188,8 @@ def atta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
     if ctx.eps == 0:
         return _train_on(model, x, y, ctx)
     start = _stored_start(x, ctx)
-    delta = _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
+    with ctx.crafting(model):
+        delta = _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
     _remember(ctx, delta)
     return _train_on(model, (x + delta).detach(), y, ctx)
 
@@ -209,7 +213,8 @@ def atta_free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     if ctx.eps == 0:
         return _train_on(model, x, y, ctx)
     start = _stored_start(x, ctx)
-    delta = _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
+    with ctx.crafting(model):
+        delta = _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
     x_adv = (x + delta).detach().requires_grad_(True)
     logits = model(x_adv)
     loss = ctx.ce(logits, y)

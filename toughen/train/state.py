@@ -72,7 +72,7 @@ class TrainingState:
         ctx = RecipeContext(
             eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, step_size=cfg.resolved_step_size(), bounds=splits.bounds,
             params=dict(cfg.recipe_params), generator=attack_gen, train_size=len(splits.x_train),
-            label_smoothing=cfg.label_smoothing,
+            label_smoothing=cfg.label_smoothing, attack_bn=cfg.attack_bn,
         )
         ema = EMA(model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
         awp = AWP(model, cfg.awp, dist) if cfg.awp else None
