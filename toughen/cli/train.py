@@ -41,7 +41,9 @@ def train(
     step_size: Optional[str] = typer.Option(None, help="Attack step size; default 2.5 * eps / steps."),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient's global L2 norm to this."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing of the training loss's "
-                                                    "cross-entropy, e.g. 0.1 (default 0; not MART's loss)."),
+                                                    "cross-entropy, e.g. 0.1 (default 0; not MART's loss). It weakens "
+                                                    "cross-entropy attacks: validate with --select-attack apgd, "
+                                                    "evaluate with --suite standard."),
     attack_bn: Optional[str] = typer.Option(None, help="BatchNorm while the training attack is crafted: train "
                                             "(batch statistics, the default) or eval (running statistics, "
                                             "not updated by the attack)."),
