@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--n", type=int, default=200, help="the first N test digits the suite scores")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS)
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="for every variant (docs/training.md "
+                        "compares 0.2 with 0: run it with --key training_suite_ls02 --no-doc)")
     parser.add_argument("--key", default="training_suite", help="the results/docs section name")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_training_suite"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -70,7 +72,8 @@ def main() -> None:
     for seed in args.seeds:
         for name in args.variants:
             cfg = TrainConfig(data="mnist5k", eps=0.3, epochs=args.epochs, steps=10, eps_warmup=1 / 3,
-                              eval_steps=0, val_attack_steps=5, seed=seed, **VARIANTS[name])
+                              eval_steps=0, val_attack_steps=5, seed=seed,
+                              label_smoothing=args.label_smoothing, **VARIANTS[name])
             out = args.out / f"{name.replace(' --', '+').replace(' ', '_')}_seed{seed}"  # e.g. trades+awp_seed0
             done = out / "bench_run.json"
             if args.reuse and done.is_file() and _same_config(out, cfg):
@@ -96,7 +99,7 @@ def main() -> None:
     result = {
         "machine": info,
         "setup": {"data": "mnist5k", "model": "small_cnn", "eps": 0.3, "norm": "linf", "epochs": args.epochs,
-                  "seeds": args.seeds, "eval": f"standard suite (amp auto), first {args.n} test digits"},
+                  "seeds": args.seeds, "label_smoothing": args.label_smoothing, "eval": f"standard suite (amp auto), first {args.n} test digits"},
         "runs": runs,
         "rows": _aggregate(runs),
     }
