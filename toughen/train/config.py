@@ -43,7 +43,7 @@ LR_SCHEDULES = ("constant", "onecycle", "cosine", "piecewise")
 SELECT_MODES = ("best", "last")
 SELECT_ATTACKS = ("pgd", "apgd")
 # BatchNorm while the training attack is crafted: batch statistics (and their running averages
-# updated by every attack pass, as Madry et al.'s code does) or the running statistics, untouched
+# updated by every attack pass, the usual practice) or the running statistics, untouched
 ATTACK_BN_MODES = ("train", "eval")
 
 
@@ -77,7 +77,8 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    # label smoothing of the training loss's cross-entropy (not MART's, not the attacks'); 0: off
+    # label smoothing of the training loss's cross-entropy (not MART's, not the attacks'); 0: off, the
+    # default: it weakens the CE attacks that validation and the guard use (docs/training.md)
     label_smoothing: float = 0.0
     # BatchNorm's mode while the training attack is crafted (Pang et al. 2021): "train" or "eval"
     attack_bn: str = "train"
