@@ -433,3 +433,5 @@ def test_attack_bn_is_checked(digits):
         TrainConfig(attack_bn="frozen").validate()
     with pytest.raises(ToughenUsageError, match="does not apply to recipe free"):
         TrainConfig(recipe="free", attack_bn="eval").validate()
+    with pytest.raises(ToughenUsageError, match="does not apply to recipe free"):
+        TrainConfig(recipe="fgsm", guard_fallback="free", attack_bn="eval").validate()

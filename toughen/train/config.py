@@ -258,9 +258,9 @@ class TrainConfig:
                                     f"{', '.join(SELECT_ATTACKS)}")
         if self.attack_bn not in ATTACK_BN_MODES:
             raise ToughenUsageError(f"unknown attack_bn {self.attack_bn!r}; choose one of: {', '.join(ATTACK_BN_MODES)}")
-        if self.attack_bn == "eval" and self.recipe == "free":
-            raise ToughenUsageError("attack_bn eval does not apply to recipe free: its attack steps are its training "
-                                    "passes; leave attack_bn at train")
+        if self.attack_bn == "eval" and "free" in (self.recipe, self.guard_fallback):
+            raise ToughenUsageError("attack_bn eval does not apply to recipe free (here the recipe or the guard's "
+                                    "fallback): its attack steps are its training passes; leave attack_bn at train")
         if self.guard_fallback not in (PGD2, AUTO_FALLBACK):
             RECIPES.get(self.guard_fallback)
         if self.awp and not traits(self.recipe).awp:

@@ -62,10 +62,7 @@ def nfgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext
         return _train_on(model, x, y, ctx)
     x_noisy = x + threat.random_start(x, 2 * ctx.eps, ctx.norm, ctx.bounds, ctx.generator)
     # An FGSM step of size eps centred at the noisy point: its eps-ball projection is a no-op.
-    with ctx.crafting(model):
-        x_adv = pgd(model, x_noisy, y, eps=ctx.eps, norm=ctx.norm, steps=1, step_size=ctx.eps,
-                    random_start=False, bounds=ctx.bounds, keep_best=False)
-    return _train_on(model, x_adv, y, ctx)
+    return _train_on(model, _one_step(model, x_noisy, y, ctx, step_size=ctx.eps, random_start=False), y, ctx)
 
 
 def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool) -> torch.Tensor:
@@ -171,6 +168,14 @@ def _atta_step(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, ctx: Re
     return threat.step(x, delta, grad, ATTA_STEP * ctx.eps, ctx.eps, ctx.norm, ctx.bounds)
 
 
+def _advance_stored(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> torch.Tensor:
+    """The batch's stored perturbations (or random starts) advanced by one ATTA step, crafted apart
+    from training (``ctx.crafting``)."""
+    start = _stored_start(x, ctx)
+    with ctx.crafting(model):
+        return _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
+
+
 @register_recipe("atta", single_step=True, per_example=True)
 def atta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext) -> StepOutput:
     """ATTA-1 (Zheng et al. 2020, "Efficient Adversarial Training with Transferable Adversarial
@@ -187,9 +192,7 @@ def atta(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeContext)
     require_index(ctx, "atta")
     if ctx.eps == 0:
         return _train_on(model, x, y, ctx)
-    start = _stored_start(x, ctx)
-    with ctx.crafting(model):
-        delta = _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
+    delta = _advance_stored(model, x, y, ctx)
     _remember(ctx, delta)
     return _train_on(model, (x + delta).detach(), y, ctx)
 
@@ -212,9 +215,7 @@ def atta_free(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RecipeCon
     require_index(ctx, "atta_free")
     if ctx.eps == 0:
         return _train_on(model, x, y, ctx)
-    start = _stored_start(x, ctx)
-    with ctx.crafting(model):
-        delta = _atta_step(x, start, input_grad(model, x + start, y, create_graph=False), ctx)
+    delta = _advance_stored(model, x, y, ctx)
     x_adv = (x + delta).detach().requires_grad_(True)
     logits = model(x_adv)
     loss = ctx.ce(logits, y)
