@@ -9,7 +9,9 @@ turn within a seed: `pgd`, `trades`, `trades --awp 0.005`, `trades --awp 0.005 -
 is scored by ``toughen.evaluate(suite="standard", amp="auto")`` -- APGD-CE, APGD-T, FAB-T and
 Square, AutoAttack's standard version -- on the first --n test digits, not by PGD: PGD-50 reports
 about twice the robust accuracy the suite leaves on these models. Training time is each run's
-summed epoch wall time (training steps and validation). Writes benchmarks/results/training_suite.json
+summed epoch wall time (training steps and validation). More variants by name with --variants:
+`pgd --select-attack apgd`, `pgd --awp`, `mart`, and the pair `pgd [batchnorm]` / `pgd [batchnorm]
+--attack-bn eval` (small_cnn with BatchNorm; docs/training.md). Writes benchmarks/results/training_suite.json
 and the "Training recipes under the standard suite" section of docs/benchmarks.md. Not a test:
 about an hour on 2 cores.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -44,6 +47,13 @@ VARIANTS = {
     "atta_free --ema": {"recipe": "atta_free", "ema": 0.995},
     # not in the default list: the same training as pgd, the best epoch picked by APGD-CE + APGD-DLR
     "pgd --select-attack apgd": {"recipe": "pgd", "select_attack": "apgd"},
+    # not in the default list either: AWP on pgd, and MART (the other recipes AWP modifies)
+    "pgd --awp": {"recipe": "pgd", "awp": 0.005},
+    "mart": {"recipe": "mart"},
+    # BatchNorm's mode while the training attack is crafted (docs/training.md), on small_cnn with a
+    # BatchNorm after each convolution: compare these two with each other, not with plain pgd
+    "pgd [batchnorm]": {"recipe": "pgd", "model_options": {"batchnorm": True}},
+    "pgd [batchnorm] --attack-bn eval": {"recipe": "pgd", "model_options": {"batchnorm": True}, "attack_bn": "eval"},
 }
 DEFAULT_VARIANTS = ["pgd", "trades", "trades --awp", "trades --awp --ema", "atta_free --ema"]
 
@@ -74,7 +84,9 @@ def main() -> None:
             cfg = TrainConfig(data="mnist5k", eps=0.3, epochs=args.epochs, steps=10, eps_warmup=1 / 3,
                               eval_steps=0, val_attack_steps=5, seed=seed,
                               label_smoothing=args.label_smoothing, **VARIANTS[name])
-            out = args.out / f"{name.replace(' --', '+').replace(' ', '_')}_seed{seed}"  # e.g. trades+awp_seed0
+            # e.g. trades+awp_seed0, pgd_batchnorm_+attack-bn_eval_seed0
+            slug = re.sub(r"[^\w+-]+", "_", name.replace(" --", "+"))
+            out = args.out / f"{slug}_seed{seed}"
             done = out / "bench_run.json"
             if args.reuse and done.is_file() and _same_config(out, cfg):
                 runs.append(json.loads(done.read_text()))  # a run this script finished before, same settings
@@ -89,7 +101,8 @@ def main() -> None:
             runs.append({
                 "variant": name, "seed": seed, "clean_accuracy": r["clean_accuracy"],
                 "standard_accuracy": r["robust_accuracy"], "train_seconds": summary["train_seconds"],
-                "selected_epoch": summary["selected_epoch"], "cost_multiplier": summary["cost_multiplier"],
+                "selected_epoch": summary["selected_epoch"], "val_robust_accuracy": summary["best_val_robust_accuracy"],
+                "cost_multiplier": summary["cost_multiplier"],
                 "guard_events": len(summary["guard"]["events"]), "eval_seconds": time.perf_counter() - start,
                 "precision": summary["precision"]["label"], "eval_precision": r["precision"]["label"],
             })
