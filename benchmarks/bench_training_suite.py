@@ -10,8 +10,8 @@ is scored by ``toughen.evaluate(suite="standard", amp="auto")`` -- APGD-CE, APGD
 Square, AutoAttack's standard version -- on the first --n test digits, not by PGD: PGD-50 reports
 about twice the robust accuracy the suite leaves on these models. Training time is each run's
 summed epoch wall time (training steps and validation). More variants by name with --variants:
-`pgd --select-attack apgd`, `pgd --awp`, `mart`, and the pair `pgd [batchnorm]` / `pgd [batchnorm]
---attack-bn eval` (small_cnn with BatchNorm; docs/training.md). Writes benchmarks/results/training_suite.json
+`pgd --select-attack apgd`, `pgd --awp`, `mart`, the pair `pgd [batchnorm]` / `pgd [batchnorm]
+--attack-bn eval` (small_cnn with BatchNorm; docs/training.md) and `trades [batchnorm]`. Writes benchmarks/results/training_suite.json
 and the "Training recipes under the standard suite" section of docs/benchmarks.md. Not a test:
 about an hour on 2 cores.
 """
@@ -54,6 +54,7 @@ VARIANTS = {
     # BatchNorm after each convolution: compare these two with each other, not with plain pgd
     "pgd [batchnorm]": {"recipe": "pgd", "model_options": {"batchnorm": True}},
     "pgd [batchnorm] --attack-bn eval": {"recipe": "pgd", "model_options": {"batchnorm": True}, "attack_bn": "eval"},
+    "trades [batchnorm]": {"recipe": "trades", "model_options": {"batchnorm": True}},
 }
 DEFAULT_VARIANTS = ["pgd", "trades", "trades --awp", "trades --awp --ema", "atta_free --ema"]
 
